@@ -1,0 +1,163 @@
+"""fsspec-based storage: URIs, atomic writes, deterministic safe keys.
+
+Every byte the project writes goes through here, so local paths, ``file://``, ``s3://``
+(s3fs) and ``gs://`` behave the same. Writes are atomic: a reader never sees a partial
+object (local: temp file + rename in the same directory; object stores: one PUT, which is
+atomic per object).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import fsspec
+
+_SAFE_RE = re.compile(r"[^A-Za-z0-9._-]+")
+_MAX_KEY_LEN = 120
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    """Connection settings for object stores (never holds secrets).
+
+    Attributes:
+        endpoint_url: S3-compatible endpoint, or None for AWS / ``AWS_ENDPOINT_URL``.
+        region: S3 region or None.
+        anon: anonymous access.
+    """
+
+    endpoint_url: Optional[str] = None
+    region: Optional[str] = None
+    anon: bool = False
+
+    def for_protocol(self, protocol: str) -> dict[str, Any]:
+        """fsspec ``storage_options`` for ``protocol`` ("s3", "file", ...)."""
+        if protocol in ("s3", "s3a"):
+            opts: dict[str, Any] = {"anon": self.anon}
+            endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+            client_kwargs: dict[str, Any] = {}
+            if endpoint:
+                client_kwargs["endpoint_url"] = endpoint
+            if self.region:
+                client_kwargs["region_name"] = self.region
+            if client_kwargs:
+                opts["client_kwargs"] = client_kwargs
+            return opts
+        return {}
+
+
+def protocol_of(uri: str) -> str:
+    """'s3' for s3://..., 'file' for plain paths and file://."""
+    if "://" not in uri:
+        return "file"
+    return uri.split("://", 1)[0].lower()
+
+
+def is_local(uri: str) -> bool:
+    return protocol_of(uri) == "file"
+
+
+def resolve(uri: str) -> str:
+    """Absolute form of ``uri``: local paths become absolute (workers run elsewhere)."""
+    if is_local(uri):
+        path = uri[len("file://"):] if uri.startswith("file://") else uri
+        return os.path.abspath(os.path.expanduser(path))
+    return uri.rstrip("/")
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join key parts onto ``uri`` with '/' (parts must already be safe keys)."""
+    out = uri.rstrip("/")
+    for p in parts:
+        p = str(p).strip("/")
+        if p:
+            out = f"{out}/{p}"
+    return out
+
+
+def get_fs(uri: str, options: Optional[StorageOptions] = None):
+    """(filesystem, path) for ``uri``."""
+    options = options or StorageOptions()
+    proto = protocol_of(uri)
+    fs, path = fsspec.core.url_to_fs(uri, **options.for_protocol(proto))
+    return fs, path
+
+
+def safe_key(name: str) -> str:
+    """A deterministic key component that cannot escape its prefix.
+
+    Keeps ``[A-Za-z0-9._-]``; anything else (``/``, ``..``, spaces, unicode) is replaced
+    and a short hash of the original is appended, so two different ids never collide
+    (``a/b`` and ``a_b`` map to different keys). Leading dots are removed, so ``.`` and
+    ``..`` can never be produced.
+
+    >>> safe_key("hero_01")
+    'hero_01'
+    >>> safe_key("../x").startswith("x-")
+    True
+    """
+    if not isinstance(name, str):
+        name = str(name)
+    cleaned = _SAFE_RE.sub("_", name)
+    if cleaned == name and not name.startswith(".") and 0 < len(name) <= _MAX_KEY_LEN:
+        return name
+    digest = hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    stem = cleaned.strip("._")[: _MAX_KEY_LEN - 11] or "id"
+    cleaned = f"{stem}-{digest}"
+    return cleaned
+
+
+def exists(uri: str, options: Optional[StorageOptions] = None) -> bool:
+    fs, path = get_fs(uri, options)
+    return fs.exists(path)
+
+
+def read_bytes(uri: str, options: Optional[StorageOptions] = None) -> bytes:
+    fs, path = get_fs(uri, options)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def atomic_write_bytes(uri: str, data: bytes, options: Optional[StorageOptions] = None) -> str:
+    """Write ``data`` to ``uri`` atomically; returns the resolved URI.
+
+    Local: a temp file in the same directory, fsync, then ``os.replace`` (atomic on POSIX).
+    Object stores: one PUT (atomic per object; never multipart for these sizes).
+    """
+    uri = resolve(uri)
+    if is_local(uri):
+        directory = os.path.dirname(uri)
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, f".{os.path.basename(uri)}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, uri)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return uri
+    fs, path = get_fs(uri, options)
+    fs.pipe_file(path, data)
+    return uri
+
+
+def list_files(prefix: str, options: Optional[StorageOptions] = None, suffixes: tuple[str, ...] = ()) -> list[str]:
+    """All file URIs under ``prefix`` (recursive, sorted), optionally filtered by suffix."""
+    prefix = resolve(prefix)
+    fs, path = get_fs(prefix, options)
+    if not fs.exists(path):
+        return []
+    proto = protocol_of(prefix)
+    out = []
+    for p in sorted(fs.find(path)):
+        if suffixes and not p.lower().endswith(tuple(s.lower() for s in suffixes)):
+            continue
+        out.append(p if proto == "file" else f"{proto}://{p}")
+    return out
