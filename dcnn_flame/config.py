@@ -10,7 +10,10 @@ by the tests that check every field is documented).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Dict, Optional
+
+from dcnn_flame.losses.combine import LossWeights
+from dcnn_flame.model.config import ModelConfig
 
 
 @dataclass
@@ -80,12 +83,433 @@ class HeadDemoConfig:
     """Object-store settings used when out_dir is a remote URI."""
 
 
+@dataclass
+class OptimConfig:
+    """Optimiser and learning-rate schedule. Defaults follow the paper (Sec. 4: Adam, initial
+    learning rate 0.01 with decay; ~2.5 epochs of ~75k iterations)."""
+
+    optimizer: str = "adam"
+    """"adam" (the paper) or "adamw" (decoupled weight decay)."""
+    lr: float = 0.01
+    """Initial (peak) learning rate."""
+    beta1: float = 0.9
+    """Adam beta1."""
+    beta2: float = 0.999
+    """Adam beta2."""
+    eps: float = 1e-8
+    """Adam epsilon."""
+    weight_decay: float = 0.0
+    """L2 penalty (adam) or decoupled decay (adamw)."""
+    schedule: str = "step"
+    """Decay after warm-up: "constant", "step" (x decay_rate every decay_steps), "exponential"
+    (x decay_rate per decay_steps, smoothly) or "cosine" (to min_lr at max_steps)."""
+    decay_steps: int = 75000
+    """Steps per decay period of "step"/"exponential" (default: one paper epoch)."""
+    decay_rate: float = 0.1
+    """Multiplier per decay period of "step"/"exponential"."""
+    min_lr: float = 0.0
+    """Floor of the learning rate (every schedule)."""
+    warmup_steps: int = 0
+    """Linear warm-up from 0 to lr over this many steps (0 = none)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 = no clipping)."""
+
+
+@dataclass
+class TrainDataConfig:
+    """Which shards a training run reads and how batches are formed."""
+
+    train_uri: str = "outputs/data/synthetic"
+    """Source-domain shards (VGGFace2-format or synthetic): a directory/prefix of Parquet files.
+    The default is the synthetic set, generated on first use (see synthetic_if_missing)."""
+    train_split: Optional[str] = "train"
+    """Keep rows whose ``split`` column equals this (None = all rows)."""
+    val_uri: Optional[str] = None
+    """Validation shards (None = train_uri, with val_split)."""
+    val_split: Optional[str] = "val"
+    """Split of the validation rows (None = all rows of val_uri)."""
+    target_uri: Optional[str] = None
+    """Target-domain (animated character) shards; required by stage "finetune"."""
+    target_split: Optional[str] = None
+    """Split of the target rows used for training (None = all rows)."""
+    target_val_uri: Optional[str] = None
+    """Optional target-domain validation shards (metrics logged as ``val_target/...``)."""
+    target_fraction: float = 0.5
+    """Fine-tuning: fraction of each batch's samples drawn from the target shards."""
+    num_views: int = 4
+    """Views per sample given to the model (paper: 4). Rows with fewer views repeat them."""
+    batch_size: int = 8
+    """Samples per step per worker (paper: 8 samples x 4 views = 32 images)."""
+    val_batch_size: int = 8
+    """Samples per validation batch per worker."""
+    shuffle_buffer: int = 64
+    """Rows in each worker's local shuffle buffer (0 = read order)."""
+    decode_batch_size: int = 16
+    """Rows per CPU decode task (Ray Data map_batches)."""
+    synthetic_if_missing: bool = True
+    """When train_uri is the default synthetic location and holds no shards, generate a small
+    synthetic set there first (the embedded default; needs dcnn_flame.data.synthetic)."""
+    synthetic_samples: int = 64
+    """Training samples of that generated set (plus a quarter as many validation samples)."""
+
+
+@dataclass
+class CheckpointingConfig:
+    """What Ray keeps in ``<storage>/runs/<name>/checkpoint_<step>``."""
+
+    keep: int = 3
+    """Checkpoints kept (Ray ``num_to_keep``): the last ones, or the best ones when best_metric
+    is set. The latest checkpoint is always kept too (it is what a restart resumes from)."""
+    best_metric: Optional[str] = None
+    """Reported metric that ranks checkpoints (e.g. "val/vertex_error"); None = keep the last."""
+    best_mode: str = "min"
+    """"min" or "max" for best_metric."""
+    every: Optional[int] = None
+    """Checkpoint every this many steps (None = at every validation). With best_metric it must be
+    a multiple of trainer.val_every, so every checkpoint carries the metric."""
+
+
+@dataclass
+class TrainerConfig:
+    """Ray Train scaling, fault tolerance and the loop's cadence and safety limits."""
+
+    num_workers: int = 1
+    """Training workers (DDP ranks). 0 = Ray Train's in-process local mode (debugging: no
+    fault tolerance; checkpoints are written to the run directory by the loop itself)."""
+    use_gpu: bool = False
+    """One GPU per worker, NCCL backend (gloo on CPU)."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per worker (data decoding runs in separate Ray Data tasks)."""
+    resources_per_worker: Dict[str, float] = field(default_factory=dict)
+    """Extra custom resources per worker, e.g. {"A100": 1} (CPU/GPU come from the fields above)."""
+    max_failures: int = 3
+    """Worker-group failures retried from the last checkpoint before the run fails."""
+    ddp_find_unused_parameters: bool = False
+    """DDP find_unused_parameters: set True when some trainable parameters get no gradient in
+    some steps (costs a graph traversal per step)."""
+    bf16: bool = True
+    """bf16 autocast for forward/loss on CUDA (ignored on CPU)."""
+    max_steps: int = 187500
+    """Optimizer steps of the stage (paper: ~2.5 epochs x 75k iterations)."""
+    val_every: int = 5000
+    """Validate every this many steps (paper: 5000) and at the last step."""
+    log_every: int = 50
+    """Progress line, TensorBoard flush and Ray report every this many steps."""
+    seed: int = 42
+    """Base random seed (each rank adds its rank)."""
+    max_bad_rows: int = 1000
+    """Stop the run when more rows than this failed to decode (summed over workers)."""
+    max_skipped_steps: int = 100
+    """Stop the run when more steps than this were skipped for a NaN/inf loss or gradient."""
+    fault_injection_step: Optional[int] = None
+    """Testing only: the last worker SIGKILLs itself when it reaches this step, once per run
+    (a marker file in the run directory), to exercise FailureConfig recovery."""
+
+
+@dataclass
+class TrainConfig:
+    """A training stage (jobs/train.py): data, model, losses, optimiser and Ray Train setup."""
+
+    name: str = "dcnn_flame"
+    """Run name: checkpoints and TensorBoard under ``<storage.uri>/runs/<name>``. Stable on
+    purpose: rerunning with the same name resumes from its last checkpoint; use a new name
+    for a new run."""
+    stage: str = "pretrain"
+    """"pretrain" (VGGFace2-format source shards) or "finetune" (source + character shards
+    with the MMD and style-consistency losses, starting from init_checkpoint)."""
+    init_checkpoint: Optional[str] = None
+    """Checkpoint (directory/URI with model.pt, or a run directory: its latest checkpoint)
+    whose model weights initialise a new run (stage 2 starts from stage 1). Ignored when the
+    run resumes from its own checkpoint."""
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    """Where runs are written (local path or s3://...)."""
+    ray: RayConfig = field(default_factory=RayConfig)
+    """How the driver reaches Ray."""
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    """Workers, fault tolerance, cadence, limits."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimiser and schedule."""
+    data: TrainDataConfig = field(default_factory=TrainDataConfig)
+    """Shards and batching."""
+    checkpoint: CheckpointingConfig = field(default_factory=CheckpointingConfig)
+    """Checkpoint retention."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """DCNN-FLAME architecture."""
+    loss: LossWeights = field(default_factory=LossWeights)
+    """Loss weights (stage "finetune" turns on mmd and style_consistency)."""
+    flame: FlameConfig = field(default_factory=FlameConfig)
+    """Head model."""
+
+
+@dataclass
+class SyntheticConfig:
+    """The synthetic face world (dcnn_flame.data.synthetic): what every identity and view samples.
+
+    Each identity (one row of ``num_views`` views) is a deterministic function of
+    (seed, identity index) and these settings."""
+
+    num_identities: int = 1000
+    """Identities generated (one sample row each); the last val_fraction of them are split "val"."""
+    image_size: int = 224
+    """Rendered image height = width in pixels (the model input is 224)."""
+    procedural_seed: int = 0
+    """Seed of the procedural head the world is rendered with."""
+    n_shape: int = 100
+    """Identity components sampled (the length of gt_shape; the head's remaining ones are 0)."""
+    n_expr: int = 50
+    """Expression components used (the length of gt_expression; at least the 17 AU components)."""
+    shape_scale: float = 1.0
+    """Standard deviation of each identity shape coefficient."""
+    albedo_scale: float = 1.0
+    """Standard deviation of each albedo coefficient."""
+    max_yaw_deg: float = 60.0
+    """Head yaw (global then neck rotation) is uniform in [-max_yaw_deg, max_yaw_deg]."""
+    max_pitch_deg: float = 30.0
+    """Head pitch is uniform in [-max_pitch_deg, max_pitch_deg]."""
+    max_roll_deg: float = 10.0
+    """Head roll is uniform in [-max_roll_deg, max_roll_deg]."""
+    max_neck_deg: float = 5.0
+    """The neck's share of the head rotation, uniform per axis; the global rotation compensates,
+    so the head's total yaw/pitch/roll stay as sampled."""
+    max_gaze_deg: float = 10.0
+    """Both eyes turn together by a yaw and a pitch uniform in [-max_gaze_deg, max_gaze_deg]."""
+    jaw_noise_deg: float = 1.0
+    """Standard deviation of the noise added to the AU map's jaw rotation (per axis, degrees)."""
+    class_weights: Optional[list[float]] = None
+    """Relative probability of each AffectNet-8 class (constants.EXPRESSION_CLASSES order);
+    None = uniform."""
+    au_intensity: list[float] = field(default_factory=lambda: [0.5, 1.0])
+    """A view's class AU prototype is scaled by a factor uniform in this [low, high] range."""
+    au_noise: float = 0.1
+    """Standard deviation of the Gaussian noise added to every AU (then clipped to [0, 1])."""
+    neutral_au_noise: float = 0.05
+    """The same for class neutral (its prototype is all zeros)."""
+    expr_noise: float = 0.3
+    """Standard deviation of the expression components beyond the 17 AU components."""
+    face_fill: list[float] = field(default_factory=lambda: [0.65, 0.8])
+    """Larger side of the 68-landmark box as a fraction of the image, uniform in [low, high]
+    (the camera scale follows from it, as in aligned face crops)."""
+    center_jitter: float = 0.04
+    """Landmark-box centre offset from the image centre, uniform per axis, fraction of the image."""
+    ambient: list[float] = field(default_factory=lambda: [0.35, 0.75])
+    """Ambient irradiance, uniform in [low, high]."""
+    directional: list[float] = field(default_factory=lambda: [0.2, 0.8])
+    """Strength of one distant light (SH-projected), uniform in [low, high]."""
+    light_tint: float = 0.08
+    """Per-channel colour variation of the ambient and directional light (+- fraction)."""
+    background_noise: float = 0.03
+    """Largest standard deviation of the per-pixel noise added to the background."""
+    antialias: bool = True
+    """Antialiased silhouettes (soft edges blended over the background, like real photos)."""
+    store_vertices: bool = True
+    """Write gt_vertices (float32 [V, 3] bytes per view; ~60 KB each for FLAME-size meshes)."""
+
+
+@dataclass
+class PrepareConfig:
+    """The data-ingest job (jobs/prepare.py): images -> aligned 224x224 Parquet shards."""
+
+    source: str = "vggface2"
+    """Input kind: "vggface2" (train/test identity folders + bb_landmark CSVs), "characters"
+    (a folder/prefix of character images, optional labels CSV) or "synthetic" (the
+    procedural generator, dcnn_flame.data.synthetic)."""
+    input_uri: str = "???"
+    """Root of the input: a local path or an fsspec URI (s3://bucket/vggface2)."""
+    output_uri: Optional[str] = None
+    """Where shards, manifest.json, failures.parquet and the contact sheet go. None =
+    ``<storage.uri>/prepared/<source>``. Point training at ``<output_uri>/shards``."""
+    labels_uri: Optional[str] = None
+    """characters: CSV with file, identity, expression and au01..au45 columns. None =
+    ``<input_uri>/labels.csv`` when it exists."""
+    folders: list[str] = field(default_factory=lambda: ["train", "test"])
+    """vggface2: sub-folders to read; "test" rows get split "test", "train" is split into
+    train/val by identity."""
+    index: str = "files"
+    """vggface2: "files" lists the images; "metadata" takes names from loose_bb_*.csv
+    (no listing of 3.3M objects; missing files become failure rows)."""
+    max_identities: Optional[int] = None
+    """Keep only the first N identities (sorted) of each folder; None = all (for quick runs)."""
+    num_views: int = 4
+    """Views of one identity per sample (4 = the paper's four-view mode; 1 = single images)."""
+    short_identity_policy: str = "pad"
+    """Identities whose image count is not a multiple of num_views: "pad" completes the last
+    group with other images of the identity (repeating when it has fewer than num_views),
+    "drop" drops the incomplete group and lists its images as failures."""
+    val_fraction: float = 0.02
+    """Fraction of (train-folder) identities held out as split "val"."""
+    seed: int = 0
+    """Seed of the grouping, the train/val split and the shard order."""
+    rows_per_shard: int = 256
+    """Samples per Parquet shard (bounds shard size: rows x num_views x one encoded 224 crop)."""
+    margin: float = 0.1
+    """Crop margin: extra fraction of the face box size on each side of the square crop."""
+    align: str = "box"
+    """"box": square crop around the face box (no rotation); "landmarks5": similarity that
+    puts the 5 landmarks on a fixed template (removes roll), box crop when they are missing."""
+    image_format: str = "jpeg"
+    """Encoding of the aligned crops in the shards: "jpeg" or "png"."""
+    jpeg_quality: int = 95
+    """JPEG quality of the aligned crops."""
+    min_image_size: int = 32
+    """Inputs with width or height below this many pixels fail with reason "too_small"."""
+    max_image_pixels: int = 50_000_000
+    """Inputs with more pixels fail with reason "too_large" (checked from the header)."""
+    max_image_bytes: int = 67_108_864
+    """Input files larger than this many bytes fail with reason "too_large" (not read)."""
+    landmarks: str = "auto"
+    """68 landmarks: "auto" = face-alignment FAN when its weights are in the torch hub cache,
+    else the 5 metadata landmarks; "fan" = require FAN; "metadata" = never run FAN."""
+    detector: str = "auto"
+    """Face boxes for images without a metadata box: "auto" (S3FD weights, else an OpenCV
+    cascade, else centre crop), "s3fd", "opencv" or "center"."""
+    cascade_path: Optional[str] = None
+    """OpenCV Haar cascade XML for detector=opencv (None = OpenCV's bundled frontal face)."""
+    center_crop_fraction: float = 0.8
+    """detector=center: the face box is a centred square of this fraction of the short side."""
+    au_scale: float = 1.0
+    """characters: AU label columns are divided by this (5.0 for OpenFace 0-5 intensities)."""
+    torch_hub_dir: Optional[str] = None
+    """Where to look for face-alignment weights (<dir>/checkpoints/...); None =
+    torch.hub.get_dir() (``$TORCH_HOME/hub``)."""
+    device: str = "cpu"
+    """Torch device of FAN/S3FD in the workers ("cpu", or "cuda" with num_gpus_per_worker)."""
+    num_workers: Optional[int] = None
+    """Parallel shard writers (Ray actors); None = the cluster's CPUs / num_cpus_per_worker."""
+    num_cpus_per_worker: float = 1.0
+    """CPUs reserved per shard writer."""
+    num_gpus_per_worker: float = 0.0
+    """GPUs per shard writer (only useful with device=cuda)."""
+    stall_timeout_s: float = 1800.0
+    """Fail the job when no shard finishes for this long (a shard with FAN on CPU can take
+    minutes; Ray Data's own no-progress timeout is raised to this for the job)."""
+    progress: bool = True
+    """Show progress bars (driver tqdm over shards, and Ray Data's)."""
+    contact_sheet_samples: int = 8
+    """Samples (rows of the sheet, num_views columns) in contact_sheet.png; 0 = none."""
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    """source=synthetic: the synthetic world's settings (identities, image size, sampling)."""
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    """Object-store settings for input_uri and output_uri."""
+    ray: RayConfig = field(default_factory=RayConfig)
+    """How to reach Ray."""
+
+
+@dataclass
+class QueryConfig:
+    """The query job (jobs/query.py): SQL over the batch job's results/failures tables."""
+
+    uri: Optional[str] = None
+    """The batch job's output prefix ``<out>`` (holding ``<out>/<run>/results/*.parquet`` and
+    ``<out>/<run>/failures/*.parquet``): local path or URI. None = ``storage.uri``."""
+    runs: Optional[list[str]] = None
+    """Only these run folders form the ``results``/``failures`` views; None = every run."""
+    named: Optional[str] = None
+    """Named query: runs, au_above, failures_by_reason, by_checkpoint, au_means
+    (dcnn_flame.query.NAMED_QUERIES). None with no sql = "runs"."""
+    sql: Optional[str] = None
+    """Arbitrary SQL over the views ``results`` and ``failures`` (quote it for Hydra:
+    ``'sql="SELECT expression, count(*) FROM results GROUP BY expression"'``)."""
+    sql_file: Optional[str] = None
+    """Read the SQL from this file or URI instead of ``sql``."""
+    au: Optional[str] = None
+    """au_above: the AU column (au01..au45; "AU12" and "12" work too). None = au12."""
+    threshold: Optional[float] = None
+    """au_above: rows with the AU strictly above this value. None = 0.5."""
+    expression: Optional[str] = None
+    """au_above, au_means: only this expression (bank name, e.g. "happy")."""
+    run: Optional[str] = None
+    """au_above, by_checkpoint, au_means: only this run_name; failures_by_reason: this run
+    instead of the last one."""
+    checkpoint: Optional[str] = None
+    """by_checkpoint: the checkpoint as stored in ``results.checkpoint`` (URI or "untrained")."""
+    step: Optional[int] = None
+    """by_checkpoint: only this checkpoint_step."""
+    out: Optional[str] = None
+    """Write the result to this path or URI (.csv or .parquet) instead of printing it."""
+    format: Optional[str] = None
+    """Output format "csv" or "parquet"; None = from the suffix of ``out``."""
+    max_rows: int = 50
+    """Rows printed on the terminal (0 = all); files always get every row."""
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    """Object-store settings (endpoint, region) for uri, sql_file and out."""
+
+
+@dataclass
+class SupervisionTrainConfig:
+    """Training the supervision teachers (jobs/train_supervision.py): the AU detector and the
+    expression classifier of paper Sec. 3.4, on labelled Parquet shards. Defaults follow the
+    paper (Adam, lr 1e-4, batch 16, 60 epochs, seed 42, 80/10/10 split)."""
+
+    data_uri: Optional[str] = None
+    """Shards with AU and/or expression labels: a directory/prefix of ``.parquet`` files (searched
+    recursively) or one file, local or s3://... None = ``<storage.uri>/prepared/synthetic/shards``
+    (where ``jobs/prepare.py source=synthetic`` writes)."""
+    output_uri: Optional[str] = None
+    """The teachers file to write (a metrics JSON ``<stem>.metrics.json`` goes next to it). None =
+    ``<storage.uri>/teachers/teachers.pt``. Point ``model.supervision.teachers_path`` at it."""
+    epochs: int = 60
+    """Passes over the training images (paper: 60)."""
+    batch_size: int = 16
+    """Training images per step (paper: 16)."""
+    eval_batch_size: int = 64
+    """Images per forward pass when evaluating val/test."""
+    lr: float = 1e-4
+    """Adam learning rate of both networks (paper: 1e-4)."""
+    weight_decay: float = 0.0
+    """Adam L2 penalty (the paper gives none)."""
+    seed: int = 42
+    """Seed of the identity split, the initialisation, the batch order and the augmentation (paper: 42)."""
+    val_fraction: float = 0.1
+    """Fraction of identities held out for validation (best-epoch selection); train gets the rest
+    of 1 - val_fraction - test_fraction. The paper says 80/10/10; we split by identity so no
+    person is in two splits. At least one identity each when the fraction is > 0."""
+    test_fraction: float = 0.1
+    """Fraction of identities held out for the final test metrics."""
+    input_size: int = 112
+    """Side of the square image both networks see (their ``input_size``; 224 as the paper, 112 for
+    speed). Images are resized to it once, when decoded."""
+    max_images: Optional[int] = None
+    """Use only the first N images (shards in sorted order, then row and view order); None = all.
+    For quick runs."""
+    num_threads: Optional[int] = None
+    """torch intra-op threads (``torch.set_num_threads``); None = torch's default."""
+    decode_threads: int = 4
+    """Threads decoding PNG/JPEG images."""
+    cache_max_bytes: int = 4 * 1024**3
+    """Decode all images once and keep them in memory as uint8 (3 x input_size^2 bytes each) when
+    they fit in this many bytes; otherwise stream them from the shards every epoch."""
+    device: str = "auto"
+    """"auto" (cuda when available, else cpu), "cpu" or "cuda[:i]"."""
+    augment: bool = True
+    """Light training augmentation: horizontal flip, random crop/scale, colour jitter (our AUs are
+    bilateral, so a flip keeps the labels)."""
+    flip_prob: float = 0.5
+    """Probability of a horizontal flip."""
+    crop_scale_min: float = 0.9
+    """Random crop side as a fraction of the image, uniform in [crop_scale_min, 1], at a random
+    position, resized back to input_size (1 = no crop)."""
+    color_jitter: float = 0.1
+    """Brightness, contrast and saturation factors uniform in [1 - j, 1 + j] (0 = none)."""
+    au_pos_weight_max: float = 10.0
+    """Clamp of the per-AU positive weights n_neg / n_pos of the weighted BCE (from training labels)."""
+    au_threshold: float = 0.5
+    """AU intensity at which an AU counts as active for the per-AU F1."""
+    aumr_eps: float = 0.1
+    """Matching threshold of AUMR (Eq. 18) on [0, 1] intensities."""
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    """Object-store settings for data_uri and output_uri."""
+
+
 def register_configs() -> None:
     """Register every schema in Hydra's ConfigStore (idempotent; called by jobs)."""
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
     cs.store(name="head_demo_schema", node=HeadDemoConfig)
+    cs.store(name="prepare_schema", node=PrepareConfig)
     cs.store(group="flame", name="flame_schema", node=FlameConfig)
     cs.store(group="storage", name="storage_schema", node=StorageConfig)
     cs.store(group="ray", name="ray_schema", node=RayConfig)
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="query_schema", node=QueryConfig)
+    cs.store(name="train_supervision_schema", node=SupervisionTrainConfig)

@@ -13,12 +13,16 @@ def main(constraint_path: str) -> int:
         print(f"torch {installed} is installed but {pinned} was pinned: a dependency "
               f"replaced it. Run `make clean && make install`.", file=sys.stderr)
         return 1
-    torches = [d.metadata["Name"] for d in metadata.distributions()
-               if (d.metadata["Name"] or "").lower().startswith(("torch", "nvidia-"))]
-    extra = sorted(n for n in torches if n.lower() not in {"torch"})
+    names = [(d.metadata["Name"] or "").lower() for d in metadata.distributions()]
+    # A second torch-like distribution always means trouble; CUDA runtime packages
+    # (nvidia-*) are expected with a +cuXXX torch and a sign of a stray CUDA torch otherwise.
+    extra = sorted(n for n in names if n in {"torch-cpu", "torch-cuda", "pytorch"})
+    if "+cpu" in pinned:
+        extra += sorted(n for n in names if n.startswith("nvidia-"))
     if extra:
-        print(f"unexpected torch/CUDA distributions installed: {extra}", file=sys.stderr)
-        return 1 if "+cpu" in pinned else 0
+        print(f"unexpected torch/CUDA distributions installed next to torch {pinned}: {extra}",
+              file=sys.stderr)
+        return 1
     print(f"environment ok: torch {installed}, no second torch")
     return 0
 

@@ -28,6 +28,7 @@ Conventions
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,7 +43,12 @@ from dcnn_flame.constants import (
     POSE_DIM,
 )
 from dcnn_flame.flame.data import FlameModelData, LandmarkEmbedding
-from dcnn_flame.flame.lbs import batch_rodrigues, compute_dtype, linear_blend_skinning
+from dcnn_flame.flame.lbs import (
+    batch_rodrigues,
+    check_parents,
+    compute_dtype,
+    linear_blend_skinning,
+)
 
 __all__ = [
     "FlameLayer",
@@ -170,7 +176,7 @@ class FlameLayer(nn.Module):
         self.use_eyelids = use_eyelids
         self.dynamic_contour = dynamic_contour
         parents = data.parents
-        self._parents: tuple[int, ...] = tuple(int(p) for p in parents)
+        self._parents: tuple[int, ...] = tuple(check_parents(parents, NUM_FLAME_JOINTS))
 
         def buf(name: str, value: Tensor) -> None:
             self.register_buffer(name, value, persistent=False)
@@ -192,11 +198,21 @@ class FlameLayer(nn.Module):
         if data.landmarks is not None:
             self._register_landmarks(data.landmarks, np.asarray(data.faces), buf)
 
-    def _register_landmarks(self, lmk: LandmarkEmbedding, faces: np.ndarray, buf) -> None:
+    def _register_landmarks(
+        self, lmk: LandmarkEmbedding, faces: np.ndarray, buf: Callable[[str, Tensor], None]
+    ) -> None:
         _check_shape("landmarks.static_faces", lmk.static_faces, (NUM_STATIC_LANDMARKS,))
         _check_shape("landmarks.static_bary", lmk.static_bary, (NUM_STATIC_LANDMARKS, 3))
         _check_shape("landmarks.full_faces", lmk.full_faces, (NUM_LANDMARKS,))
         _check_shape("landmarks.full_bary", lmk.full_bary, (NUM_LANDMARKS, 3))
+        num_faces = faces.shape[0]
+        for name in ("static_faces", "full_faces", "dynamic_faces"):
+            ids = getattr(lmk, name)
+            if ids is not None and ids.size and not (0 <= ids.min() and ids.max() < num_faces):
+                raise ValueError(
+                    f"landmarks.{name} holds face ids in [{ids.min()}, {ids.max()}] but the "
+                    f"mesh has {num_faces} faces; the embedding belongs to another mesh"
+                )
         contour = slice(0, NUM_CONTOUR_LANDMARKS)
         # Store vertex ids of each landmark's triangle: saves a gather per forward.
         buf("lmk_static_vids", _i64(faces[lmk.static_faces]))
@@ -270,19 +286,20 @@ class FlameLayer(nn.Module):
         if eyelids is not None and not self.use_eyelids:
             raise ValueError("eyelids given but the layer was built with use_eyelids=False")
         given = {k: t for k, (t, _) in inputs.items() if t is not None}
+        for name, t in given.items():
+            width = inputs[name][1]
+            if t.ndim != 2 or t.shape[1] != width:
+                raise ValueError(f"{name} must be [B, {width}], got {tuple(t.shape)}")
         device = self.v_template.device
         batch = 1
         if given:
             first_name, first = next(iter(given.items()))
-            batch = first.shape[0] if first.ndim == 2 else -1
-            device = first.device
-        for name, (t, width) in inputs.items():
-            if t is None:
-                continue
-            if t.ndim != 2 or t.shape != (batch, width):
+            batch, device = first.shape[0], first.device
+        for name, t in given.items():
+            if t.shape[0] != batch:
                 raise ValueError(
-                    f"{name} must be [B, {width}] with the batch size of {first_name} "
-                    f"(B={batch}), got {tuple(t.shape)}"
+                    f"{name} has batch size {t.shape[0]} but {first_name} has {batch}; "
+                    "all inputs must share the batch dimension"
                 )
             if t.device != device:
                 raise ValueError(f"{name} is on {t.device} but {first_name} is on {device}")

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
     "batch_rodrigues",
+    "check_parents",
     "compute_dtype",
     "forward_kinematics",
     "linear_blend_skinning",
@@ -117,8 +119,13 @@ def pose_features(rotmats: Tensor) -> Tensor:
     return (rotmats[:, 1:] - eye).reshape(rotmats.shape[0], -1)
 
 
-def _check_parents(parents: Sequence[int] | Tensor, num_joints: int) -> list[int]:
-    plist = [int(p) for p in (parents.tolist() if isinstance(parents, Tensor) else parents)]
+def check_parents(parents: Sequence[int] | Tensor | np.ndarray, num_joints: int) -> list[int]:
+    """Validate a kinematic tree ([J] parent per joint) and return it as a list.
+
+    Joint 0 must be the root (-1) and every joint must come after its parent, which is
+    what lets :func:`forward_kinematics` walk the joints in index order.
+    """
+    plist = [int(p) for p in (parents.tolist() if hasattr(parents, "tolist") else parents)]
     if len(plist) != num_joints:
         raise ValueError(f"parents has {len(plist)} entries for {num_joints} joints")
     if plist[0] != -1:
@@ -133,7 +140,7 @@ def _check_parents(parents: Sequence[int] | Tensor, num_joints: int) -> list[int
 
 
 def forward_kinematics(
-    rotmats: Tensor, joints: Tensor, parents: Sequence[int] | Tensor
+    rotmats: Tensor, joints: Tensor, parents: Sequence[int] | Tensor | np.ndarray
 ) -> tuple[Tensor, Tensor]:
     """Pose the kinematic tree.
 
@@ -163,7 +170,7 @@ def forward_kinematics(
         raise ValueError(
             f"joints must be [B, J, 3] = {(batch, num_joints, 3)}, got {tuple(joints.shape)}"
         )
-    plist = _check_parents(parents, num_joints)
+    plist = check_parents(parents, num_joints)
     with _no_autocast(rotmats.device):
         dtype = compute_dtype(rotmats.dtype, joints.dtype)
         rot = rotmats.to(dtype)
@@ -218,7 +225,7 @@ def linear_blend_skinning(
     v_shaped: Tensor,
     rotmats: Tensor,
     j_regressor: Tensor,
-    parents: Sequence[int] | Tensor,
+    parents: Sequence[int] | Tensor | np.ndarray,
     posedirs: Tensor,
     weights: Tensor,
 ) -> tuple[Tensor, Tensor]:
