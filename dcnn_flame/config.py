@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 from dcnn_flame.losses.combine import LossWeights
-from dcnn_flame.model.config import ModelConfig
+from dcnn_flame.model.config import ModelConfig, SupervisionConfig
 
 
 @dataclass
@@ -119,9 +119,10 @@ class OptimConfig:
 class TrainDataConfig:
     """Which shards a training run reads and how batches are formed."""
 
-    train_uri: str = "outputs/data/synthetic"
-    """Source-domain shards (VGGFace2-format or synthetic): a directory/prefix of Parquet files.
-    The default is the synthetic set, generated on first use (see synthetic_if_missing)."""
+    train_uri: str = "outputs/prepared/synthetic"
+    """Source-domain shards (VGGFace2-format or synthetic): a directory/prefix of Parquet files
+    (searched recursively; rows are selected by their ``split`` column). The default is where
+    ``jobs/prepare.py source=synthetic`` writes, generated on first use (synthetic_if_missing)."""
     train_split: Optional[str] = "train"
     """Keep rows whose ``split`` column equals this (None = all rows)."""
     val_uri: Optional[str] = None
@@ -148,9 +149,9 @@ class TrainDataConfig:
     """Rows per CPU decode task (Ray Data map_batches)."""
     synthetic_if_missing: bool = True
     """When train_uri is the default synthetic location and holds no shards, generate a small
-    synthetic set there first (the embedded default; needs dcnn_flame.data.synthetic)."""
-    synthetic_samples: int = 64
-    """Training samples of that generated set (plus a quarter as many validation samples)."""
+    synthetic set there first (the embedded default; dcnn_flame.data.synthetic)."""
+    synthetic_samples: int = 80
+    """Identities (samples) of that generated set; a fifth of them become the "val" split."""
 
 
 @dataclass
@@ -237,6 +238,8 @@ class TrainConfig:
     """DCNN-FLAME architecture."""
     loss: LossWeights = field(default_factory=LossWeights)
     """Loss weights (stage "finetune" turns on mmd and style_consistency)."""
+    supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
+    """Frozen teachers (VGG-19, AU detector, expression classifier) of the losses and metrics."""
     flame: FlameConfig = field(default_factory=FlameConfig)
     """Head model."""
 
@@ -435,6 +438,129 @@ class QueryConfig:
 
 
 @dataclass
+class GenerateConfig:
+    """The batch expression-generation job (jobs/generate.py): a character library ->
+    reconstruction -> retargeted expression bank -> GLB/OBJ/preview/results under one prefix.
+
+    Embedded default (``make demo``): every URI left at None uses the demo under ``demo_dir``
+    (a sample library made by the project, a small checkpoint trained on the synthetic world)."""
+
+    input_uri: Optional[str] = None
+    """Character library: images under this prefix (local path or URI). A folder per character
+    (``<prefix>/<character_id>/*.png``) or flat files (character_id = file stem). None with no
+    manifest_uri = the demo sample library ``<demo_dir>/library`` (made when absent)."""
+    manifest_uri: Optional[str] = None
+    """Optional CSV or Parquet with columns character_id, image_uri (one row per image; several
+    rows per character). Relative image URIs are resolved against input_uri (or the manifest's
+    folder when input_uri is None). Used instead of listing when given."""
+    output_uri: Optional[str] = None
+    """Output prefix ``<out>``; outputs go to ``<out>/<name>/...``. None = ``<storage.uri>/generated``."""
+    name: str = "default"
+    """Run name (folder under output_uri). A rerun with the same name skips complete characters;
+    the run is bound to its checkpoint and settings (another checkpoint needs a new name or
+    overwrite=true). Nightly runs use e.g. ``nightly-2026-01-31``."""
+    checkpoint: Optional[str] = None
+    """Trained model: a checkpoint directory (model.pt, config.json, meta.json) or a training run
+    directory (its latest checkpoint), local or URI. None = the demo checkpoint at
+    ``<demo_dir>/checkpoint`` (trained on the synthetic world when absent)."""
+    demo_dir: str = "demo_out"
+    """Where the embedded demo keeps its sample library and checkpoint (see input_uri, checkpoint)."""
+    demo_characters: int = 12
+    """Characters of the demo sample library when it is generated."""
+    teachers_path: Optional[str] = None
+    """AU detector (teachers file of jobs/train_supervision.py) for the 17 AU activations. None =
+    the checkpoint's ``supervision.teachers_path`` when it has one; without any, AU columns of
+    reconstruction rows are NaN."""
+    au_map_path: Optional[str] = None
+    """AU -> FLAME expression/jaw map (.npz with au_to_expr, au_to_jaw) for real FLAME models;
+    None = the head model's own map (the procedural head has one) or the checkpoint's setting."""
+    bank_path: Optional[str] = None
+    """YAML file extending (or with bank_replace, replacing) the default expression bank."""
+    bank_replace: bool = False
+    """The bank file alone defines the bank."""
+    expressions: Optional[list[str]] = None
+    """Bank expressions to generate (names or aliases); None = the whole bank."""
+    intensity: float = 1.0
+    """Scale of every bank AU profile, in [0, 1]."""
+    performance_uri: Optional[str] = None
+    """Folder/prefix of an actor's images: their reconstructed expressions (and jaw) are applied
+    onto every character (identity swap), as extra morph targets named ``perf_<image stem>``."""
+    write_obj: bool = False
+    """Also write one OBJ per expression (``<expression>.obj`` + ``character.mtl`` + albedo.png)."""
+    preview: bool = True
+    """Write ``preview.png``, a contact sheet of rendered expressions."""
+    preview_size: int = 160
+    """Side of each preview tile in pixels."""
+    preview_max: int = 16
+    """Most expressions shown in the preview (first ones of the bank, then performance frames)."""
+    bake_detail: bool = True
+    """Move mesh vertices along their normals by the reconstructed detail displacement (the
+    detail branch's UV map, per expression) so the meshes carry the character's detail."""
+    overwrite: bool = False
+    """Redo every character even when complete, and allow reusing a run name with another
+    checkpoint or settings."""
+    max_images_per_character: int = 8
+    """Use at most this many images per character (sorted by URI); the rest are ignored."""
+    batch_size: int = 4
+    """Characters per batch of the reconstruction actor (images of a batch run as one forward
+    pass when characters have the same number of images)."""
+    decode_batch_size: int = 4
+    """Characters per CPU decode/align task."""
+    num_actors: int = 1
+    """Reconstruction actors (Ray Data ActorPoolStrategy size); each loads the checkpoint once."""
+    num_gpus: float = 0.0
+    """GPUs per reconstruction actor (0 = CPU actors)."""
+    num_cpus_per_actor: float = 1.0
+    """CPUs reserved per reconstruction actor."""
+    device: str = "auto"
+    """Torch device of the actors: "auto" (cuda when the actor has a GPU, else cpu), "cpu", "cuda"."""
+    bf16: bool = False
+    """bf16 autocast for the network forward on CUDA (ignored on CPU); FLAME stays float32."""
+    margin: float = 0.1
+    """Crop margin around the face box (as jobs/prepare.py)."""
+    align: str = "box"
+    """"box" or "landmarks5" (as jobs/prepare.py)."""
+    detector: str = "auto"
+    """Face boxes: "auto" (S3FD weights, else an OpenCV cascade, else centre crop), "s3fd",
+    "opencv" or "center" (as jobs/prepare.py)."""
+    landmarks: str = "auto"
+    """68 landmarks for alignment: "auto", "fan" or "metadata" (= none for loose images)."""
+    cascade_path: Optional[str] = None
+    """OpenCV Haar cascade XML for detector=opencv."""
+    center_crop_fraction: float = 0.8
+    """detector=center: side of the centred square as a fraction of the short image side."""
+    torch_hub_dir: Optional[str] = None
+    """Where face-alignment weights are looked up (None = torch.hub.get_dir())."""
+    min_crop_std: float = 4.0
+    """An aligned crop whose pixel standard deviation (0-255) is below this has nothing in it
+    (blank or flat image): it fails with reason "no_face". The only face check when no detector
+    is available (detector=center)."""
+    min_image_size: int = 32
+    """Inputs smaller than this (pixels, either side) fail with reason "too_small"."""
+    max_image_pixels: int = 50_000_000
+    """Inputs with more pixels fail with reason "too_large" (checked from the header)."""
+    max_image_bytes: int = 67_108_864
+    """Input files larger than this fail with reason "too_large" (not read)."""
+    fail_on_errors: bool = False
+    """Exit non-zero when any character or image failed. Default: failures are data (rows in
+    the failures table, listed in the summary); only a broken job exits non-zero."""
+    progress: bool = True
+    """Ray Data progress bars."""
+    stall_timeout_s: float = 1800.0
+    """Fail when the pipeline makes no progress for this long (Ray Data no-progress timeout)."""
+    fault_injection: Optional[str] = None
+    """Testing only: a directory; the first reconstruction actor to process a batch writes its PID
+    there (``actor_pid``) and waits for ``release`` to appear, so a test can kill it mid-run."""
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    """Object-store settings for every URI of the job."""
+    ray: RayConfig = field(default_factory=RayConfig)
+    """How to reach Ray."""
+    flame: FlameConfig = field(default_factory=FlameConfig)
+    """Head model. With model_path None the checkpoint's own head model is used; n_shape and
+    n_expr always come from the checkpoint."""
+
+
+@dataclass
 class SupervisionTrainConfig:
     """Training the supervision teachers (jobs/train_supervision.py): the AU detector and the
     expression classifier of paper Sec. 3.4, on labelled Parquet shards. Defaults follow the
@@ -512,4 +638,5 @@ def register_configs() -> None:
     cs.store(group="ray", name="ray_schema", node=RayConfig)
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="query_schema", node=QueryConfig)
+    cs.store(name="generate_schema", node=GenerateConfig)
     cs.store(name="train_supervision_schema", node=SupervisionTrainConfig)

@@ -27,6 +27,14 @@ class DecodeError(ValueError):
         self.detail = detail
 
 
+def _reason_of(exc: BaseException) -> str:
+    """"truncated" for the errors PIL raises when data ends early, else "corrupt"."""
+    msg = str(exc).lower()
+    if isinstance(exc, EOFError) or "truncated" in msg or "broken data stream" in msg:
+        return "truncated"
+    return "corrupt"
+
+
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
     """Scale an integer/float single-channel array to uint8.
 
@@ -114,7 +122,7 @@ def decode_image(data: bytes, *, min_size: int = 32, max_pixels: int = 50_000_00
         except Image.DecompressionBombError as exc:
             raise DecodeError("too_large", str(exc)) from exc
         except Exception as exc:  # PIL raises many types on corrupt headers
-            raise DecodeError("corrupt", f"{type(exc).__name__}: {exc}") from exc
+            raise DecodeError(_reason_of(exc), f"{type(exc).__name__}: {exc}") from exc
         with im:
             w, h = im.size
             if w * h > max_pixels:
@@ -124,10 +132,7 @@ def decode_image(data: bytes, *, min_size: int = 32, max_pixels: int = 50_000_00
             except Image.DecompressionBombError as exc:
                 raise DecodeError("too_large", str(exc)) from exc
             except (OSError, SyntaxError, ValueError, EOFError) as exc:
-                msg = str(exc)
-                reason = "truncated" if ("truncated" in msg or "broken data stream" in msg
-                                         or isinstance(exc, EOFError)) else "corrupt"
-                raise DecodeError(reason, f"{type(exc).__name__}: {msg}") from exc
+                raise DecodeError(_reason_of(exc), f"{type(exc).__name__}: {exc}") from exc
             try:
                 oriented = ImageOps.exif_transpose(im)
             except Exception:  # a malformed EXIF block should not lose a good image

@@ -105,5 +105,6 @@ class Evaluator:
             if self.au_net is not None and "au" in batch:
                 au_gt = batch["au"].reshape(N, -1).to(dev).float()
                 if torch.isfinite(au_gt).any():
-                    out["aumr"] = M.aumr(self.au_net(self._teach(render)).probs, au_gt, eps=self.aumr_eps).item()
+                    out["aumr"] = M.aumr(self.au_net(self._teach(render)).probs, au_gt,
+                                         eps=self.aumr_eps).nanmean().item()
         return out

@@ -126,7 +126,8 @@ def baselines(train_au: Tensor, train_cls: Tensor, gt_au: Tensor, gt_cls: Tensor
     valid = ~torch.isnan(gt_au) & ~torch.isnan(pred)
     out = {"au_mae_mean_baseline": float((pred - gt_au).abs()[valid].mean()) if bool(valid.any()) else math.nan}
     rates = M.aumr(pred, gt_au, eps)
-    out["aumr_mean_baseline"] = float(rates[~torch.isnan(rates)].mean()) if bool((~torch.isnan(rates)).any()) else math.nan
+    rates = rates[~torch.isnan(rates)]
+    out["aumr_mean_baseline"] = float(rates.mean()) if rates.numel() else math.nan
     labelled = train_cls[train_cls >= 0]
     keep = gt_cls >= 0
     if labelled.numel() and bool(keep.any()):
@@ -184,14 +185,14 @@ def train_epoch(au_net: AUDetector, expr_net: ExpressionClassifier, opt_au: torc
             opt_au.zero_grad(set_to_none=True)
             loss.backward()
             opt_au.step()
-            sums["au_loss"] += float(loss)
+            sums["au_loss"] += float(loss.detach())
             sums["au_steps"] += 1
         if bool((cls >= 0).any()):
             loss = expression_ce_loss(expr_net(x).logits, cls)
             opt_expr.zero_grad(set_to_none=True)
             loss.backward()
             opt_expr.step()
-            sums["ce_loss"] += float(loss)
+            sums["ce_loss"] += float(loss.detach())
             sums["expr_steps"] += 1
     sums["au_loss"] = sums["au_loss"] / sums["au_steps"] if sums["au_steps"] else math.nan
     sums["ce_loss"] = sums["ce_loss"] / sums["expr_steps"] if sums["expr_steps"] else math.nan
@@ -260,6 +261,50 @@ def metrics_uri_of(output_uri: str) -> str:
     return f"{base}.metrics.json"
 
 
+def fit(au_net: AUDetector, expr_net: ExpressionClassifier, store: ImageStore, train_pos: np.ndarray,
+        val_pos: np.ndarray, *, epochs: int, batch_size: int, eval_batch_size: int, lr: float,
+        weight_decay: float, pos_weight: Tensor, seed: int, augment: Optional[dict], threshold: float,
+        eps: float, val_baseline: Optional[dict] = None) -> tuple[dict[str, int], list[dict]]:
+    """Train both networks for ``epochs`` (Adam each), evaluating on ``val_pos`` after every epoch.
+
+    Each network ends with the weights of its best validation epoch (AU: lowest MAE;
+    expression: highest macro-F1, then accuracy), or of its last epoch that took a step when
+    val holds none of its labels. Prints one progress line per epoch.
+
+    Returns: ({"au": best epoch, "expression": best epoch}, per-epoch history).
+    """
+    device = pos_weight.device
+    opt_au = torch.optim.Adam(au_net.parameters(), lr=lr, weight_decay=weight_decay)
+    opt_expr = torch.optim.Adam(expr_net.parameters(), lr=lr, weight_decay=weight_decay)
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
+    base = val_baseline or {}
+    best_au, best_au_epoch, best_au_state = math.nan, 0, copy.deepcopy(au_net.state_dict())
+    best_ex, best_ex_epoch, best_ex_state = None, 0, copy.deepcopy(expr_net.state_dict())
+    history = []
+    for epoch in range(1, epochs + 1):
+        t_ep = time.perf_counter()
+        tr = train_epoch(au_net, expr_net, opt_au, opt_expr, store, train_pos, batch_size, pos_weight, rng,
+                         generator, augment)
+        val = evaluate(au_net, expr_net, store, val_pos, eval_batch_size, device, threshold, eps)
+        if _au_better(val["au_mae"], best_au) or (val["au_labels"] == 0 and tr["au_steps"]):
+            best_au, best_au_epoch, best_au_state = val["au_mae"], epoch, copy.deepcopy(au_net.state_dict())
+        if _expr_better(val, best_ex) or (val["expr_labels"] == 0 and tr["expr_steps"]):
+            best_ex = None if val["expr_labels"] == 0 else _expr_key(val)
+            best_ex_epoch, best_ex_state = epoch, copy.deepcopy(expr_net.state_dict())
+        seconds = time.perf_counter() - t_ep
+        history.append({"epoch": epoch, "train": tr, "val": {k: v for k, v in val.items() if k != "au_f1_per_au"},
+                        "seconds": seconds})
+        print(f"[supervision] epoch {epoch}/{epochs}  train bce {_fmt(tr['au_loss'])} ce {_fmt(tr['ce_loss'])} | "
+              f"val AU mae {_fmt(val['au_mae'])} (mean {_fmt(base.get('au_mae_mean_baseline'))}) "
+              f"aumr {_fmt(val['aumr'])} f1 {_fmt(val['au_f1'])} | expr acc {_fmt(val['accuracy'])} "
+              f"(majority {_fmt(base.get('accuracy_majority_baseline'))}) f1 {_fmt(val['macro_f1'])} | "
+              f"{tr['images'] / max(seconds, 1e-9):.0f} img/s, {seconds:.1f} s", flush=True)
+    au_net.load_state_dict(best_au_state)
+    expr_net.load_state_dict(best_ex_state)
+    return {"au": best_au_epoch, "expression": best_ex_epoch}, history
+
+
 def run(cfg: SupervisionTrainConfig) -> SupervisionResult:
     """Train both teachers on the shards of ``cfg.data_uri`` and write the teachers file + metrics JSON."""
     t_start = time.perf_counter()
@@ -287,56 +332,31 @@ def run(cfg: SupervisionTrainConfig) -> SupervisionResult:
     if counts["train"] == 0:
         raise ValueError(f"no decodable training images in {data_uri}")
 
+    cpu = torch.device("cpu")
     train_au = torch.from_numpy(index.au[positions["train"]])
     train_cls = torch.from_numpy(index.expression[positions["train"]])
     torch.manual_seed(cfg.seed)
     au_net = AUDetector(AUDetectorConfig(input_size=cfg.input_size)).to(device)
     expr_net = ExpressionClassifier(ExpressionClassifierConfig(input_size=cfg.input_size)).to(device)
-    opt_au = torch.optim.Adam(au_net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    opt_expr = torch.optim.Adam(expr_net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    pos_weight = au_pos_weight(train_au, cfg.au_pos_weight_max).to(device)
-    rng = np.random.default_rng(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    augment = (dict(flip_prob=cfg.flip_prob, crop_scale_min=cfg.crop_scale_min, color_jitter=cfg.color_jitter)
-               if cfg.augment else None)
-    val_base = baselines(train_au, train_cls, *_labels(index, positions["val"], torch.device("cpu")), cfg.aumr_eps)
+    best_epoch, history = fit(
+        au_net, expr_net, store, positions["train"], positions["val"], epochs=cfg.epochs,
+        batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        pos_weight=au_pos_weight(train_au, cfg.au_pos_weight_max).to(device), seed=cfg.seed,
+        augment=(dict(flip_prob=cfg.flip_prob, crop_scale_min=cfg.crop_scale_min, color_jitter=cfg.color_jitter)
+                 if cfg.augment else None),
+        threshold=cfg.au_threshold, eps=cfg.aumr_eps,
+        val_baseline=baselines(train_au, train_cls, *_labels(index, positions["val"], cpu), cfg.aumr_eps))
 
-    best_au, best_au_epoch, best_au_state = math.nan, 0, copy.deepcopy(au_net.state_dict())
-    best_ex, best_ex_epoch, best_ex_state = None, 0, copy.deepcopy(expr_net.state_dict())
-    history = []
-    for epoch in range(1, cfg.epochs + 1):
-        t_ep = time.perf_counter()
-        tr = train_epoch(au_net, expr_net, opt_au, opt_expr, store, positions["train"], cfg.batch_size,
-                         pos_weight, rng, generator, augment)
-        val = evaluate(au_net, expr_net, store, positions["val"], cfg.eval_batch_size, device,
-                       cfg.au_threshold, cfg.aumr_eps)
-        no_val_au, no_val_ex = val["au_labels"] == 0, val["expr_labels"] == 0
-        if _au_better(val["au_mae"], best_au) or (no_val_au and tr["au_steps"]):
-            best_au, best_au_epoch, best_au_state = val["au_mae"], epoch, copy.deepcopy(au_net.state_dict())
-        if _expr_better(val, best_ex) or (no_val_ex and tr["expr_steps"]):
-            best_ex, best_ex_epoch = (None if no_val_ex else _expr_key(val)), epoch
-            best_ex_state = copy.deepcopy(expr_net.state_dict())
-        seconds = time.perf_counter() - t_ep
-        history.append({"epoch": epoch, "train": tr, "val": {k: v for k, v in val.items() if k != "au_f1_per_au"},
-                        "seconds": seconds})
-        print(f"[supervision] epoch {epoch}/{cfg.epochs}  train bce {_fmt(tr['au_loss'])} ce {_fmt(tr['ce_loss'])} | "
-              f"val AU mae {_fmt(val['au_mae'])} (mean {_fmt(val_base['au_mae_mean_baseline'])}) "
-              f"aumr {_fmt(val['aumr'])} f1 {_fmt(val['au_f1'])} | expr acc {_fmt(val['accuracy'])} "
-              f"(majority {_fmt(val_base['accuracy_majority_baseline'])}) f1 {_fmt(val['macro_f1'])} | "
-              f"{tr['images'] / max(seconds, 1e-9):.0f} img/s, {seconds:.1f} s", flush=True)
-
-    au_net.load_state_dict(best_au_state)
-    expr_net.load_state_dict(best_ex_state)
     results: dict[str, Any] = {}
     for name in ("val", "test"):
         m = evaluate(au_net, expr_net, store, positions[name], cfg.eval_batch_size, device,
                      cfg.au_threshold, cfg.aumr_eps)
-        m.update(baselines(train_au, train_cls, *_labels(index, positions[name], torch.device("cpu")), cfg.aumr_eps))
+        m.update(baselines(train_au, train_cls, *_labels(index, positions[name], cpu), cfg.aumr_eps))
         results[name] = m
     au_net, expr_net = au_net.cpu().eval(), expr_net.cpu().eval()
     seconds = time.perf_counter() - t_start
     summary = {
-        "best_epoch": {"au": best_au_epoch, "expression": best_ex_epoch},
+        "best_epoch": best_epoch,
         "val": results["val"],
         "test": results["test"],
         "images": counts,
@@ -355,9 +375,9 @@ def run(cfg: SupervisionTrainConfig) -> SupervisionResult:
                      "split_identities": split.identities})
     storage.atomic_write_bytes(metrics_uri, json.dumps(report, indent=1).encode(), options)
     t = results["test"]
-    print(f"[supervision] test (best epochs AU {best_au_epoch}, expr {best_ex_epoch}): AU mae {_fmt(t['au_mae'])} "
-          f"(mean {_fmt(t['au_mae_mean_baseline'])}) aumr {_fmt(t['aumr'])} (mean {_fmt(t['aumr_mean_baseline'])}) "
-          f"f1 {_fmt(t['au_f1'])} | expr acc {_fmt(t['accuracy'])} (majority "
-          f"{_fmt(t['accuracy_majority_baseline'])}) f1 {_fmt(t['macro_f1'])} | {seconds:.0f} s -> {output_uri}",
-          flush=True)
+    print(f"[supervision] test (best epochs AU {best_epoch['au']}, expr {best_epoch['expression']}): "
+          f"AU mae {_fmt(t['au_mae'])} (mean {_fmt(t['au_mae_mean_baseline'])}) aumr {_fmt(t['aumr'])} "
+          f"(mean {_fmt(t['aumr_mean_baseline'])}) f1 {_fmt(t['au_f1'])} | expr acc {_fmt(t['accuracy'])} "
+          f"(majority {_fmt(t['accuracy_majority_baseline'])}) f1 {_fmt(t['macro_f1'])} | {seconds:.0f} s "
+          f"-> {output_uri}", flush=True)
     return SupervisionResult(au_net, expr_net, report, output_uri, metrics_uri)

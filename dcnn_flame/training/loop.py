@@ -5,7 +5,10 @@
     -> ray.train.report(metrics, checkpoint) (rank 0 writes the checkpoint, others report metrics)
 
 Steps. ``step`` counts training steps of the run and is saved in every checkpoint: a resumed
-run continues at ``checkpoint step + 1`` and never repeats a committed step. A step whose loss
+run continues at ``checkpoint step + 1`` and never repeats a committed step. Every rank waits
+after a checkpoint until Ray has committed it, so a failure after a checkpoint step always
+resumes from that checkpoint (steps reported after the last checkpoint of a failed attempt are
+redone, as they must be: their updates were lost with the workers). A step whose loss
 (or gradient norm) is NaN/inf on any rank is skipped on every rank (no update; all ranks agree
 through an all-reduce, so DDP never deadlocks) and counted; the step number still advances.
 A batch in which every row of some rank failed to decode is skipped by all ranks without
@@ -325,6 +328,7 @@ def _save_and_report(settings: LoopSettings, metrics: dict, *, model, optimizer,
     rngs = _gather(ckpt_lib.rng_state())
     if rank != 0:
         ray.train.report(metrics)
+        _wait_committed()
         return
     name = ckpt_lib.checkpoint_dir_name(step)
     with tempfile.TemporaryDirectory(prefix="dcnn_ckpt_") as d:
@@ -340,8 +344,21 @@ def _save_and_report(settings: LoopSettings, metrics: dict, *, model, optimizer,
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(dest) if storage.is_local(dest) else None)
         else:
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d), checkpoint_dir_name=name)
+    _wait_committed()
     if tb is not None:
         tb.sync()
+
+
+def _wait_committed() -> None:
+    """Block until the controller has registered this report's checkpoint.
+
+    Without it a rank that dies right after a checkpoint can take the not-yet-registered report
+    down with it, and the group would resume from the checkpoint before (redoing steps).
+    """
+    import ray.train
+    from ray.train import CheckpointConsistencyMode
+
+    ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
 
 
 def train_loop_per_worker(config: dict) -> dict:

@@ -30,8 +30,9 @@ from dcnn_flame.training.task import TrainingTask
 logger = logging.getLogger(__name__)
 
 STAGES = ("pretrain", "finetune")
-#: Default location of the embedded synthetic dataset (see TrainDataConfig.synthetic_if_missing).
-DEFAULT_SYNTHETIC_URI = "outputs/data/synthetic"
+#: Default location of the embedded synthetic dataset (TrainDataConfig.train_uri; the default
+#: output of ``jobs/prepare.py source=synthetic``).
+DEFAULT_SYNTHETIC_URI = "outputs/prepared/synthetic"
 
 
 def storage_options(cfg: TrainConfig) -> StorageOptions:
@@ -187,31 +188,34 @@ def fit(trainer):
 
 
 def make_task(cfg: TrainConfig) -> TrainingTask:
-    """The real DCNN-FLAME task for ``cfg`` (model, losses, metrics)."""
-    try:
-        from dcnn_flame.model.build import DCNNFlameTask
-    except ImportError as exc:  # pragma: no cover - until the model package lands
-        raise RuntimeError(f"the DCNN-FLAME task is not available ({exc})") from exc
-    return DCNNFlameTask(cfg.model, cfg.loss, cfg.flame)
+    """The real DCNN-FLAME task for ``cfg`` (model, criterion with its teachers, evaluator)."""
+    from dcnn_flame.model.build import DCNNFlameTask
+
+    return DCNNFlameTask(flame=cfg.flame, model=cfg.model, loss=cfg.loss, supervision=cfg.supervision)
 
 
 def ensure_default_data(cfg: TrainConfig) -> None:
-    """The embedded default: generate a small synthetic shard set when ``data.train_uri`` is the
-    default synthetic location and holds no shard yet (other locations are never written)."""
+    """The embedded default: when ``data.train_uri`` is the default synthetic location and holds
+    no shard yet, generate ``data.synthetic_samples`` synthetic identities there (a fifth of
+    them "val"). Any other location is never written: it must hold shards already."""
     d = cfg.data
     if not d.synthetic_if_missing or storage.resolve(d.train_uri) != storage.resolve(DEFAULT_SYNTHETIC_URI):
         return
-    if storage.list_files(storage.resolve(d.train_uri), storage_options(cfg), suffixes=(".parquet",)):
+    opts = storage_options(cfg)
+    if storage.list_files(storage.resolve(d.train_uri), opts, suffixes=(".parquet",)):
         return
-    try:
-        from dcnn_flame.data.synthetic import write_synthetic_shards
-    except ImportError as exc:
-        raise FileNotFoundError(f"no shards at {d.train_uri!r} and the synthetic generator is unavailable "
-                                f"({exc}); run `python jobs/prepare.py source=synthetic` first") from exc
-    print(f"[train] no shards at {storage.resolve(d.train_uri)}: generating {d.synthetic_samples} synthetic "
-          f"training samples there (data.synthetic_if_missing)", flush=True)
-    write_synthetic_shards(storage.resolve(d.train_uri), num_train=d.synthetic_samples,
-                           num_val=max(1, d.synthetic_samples // 4), num_views=d.num_views, flame=cfg.flame)
+    from dcnn_flame.config import SyntheticConfig
+    from dcnn_flame.data.synthetic import write_synthetic_shards
+
+    out = storage.resolve(d.train_uri)
+    print(f"[train] no shards at {out}: generating {d.synthetic_samples} synthetic identities x {d.num_views} "
+          f"views there first (data.synthetic_if_missing; `jobs/prepare.py source=synthetic` makes bigger sets)",
+          flush=True)
+    world = SyntheticConfig(num_identities=d.synthetic_samples, image_size=cfg.model.image_size,
+                            procedural_seed=cfg.flame.procedural_seed)
+    write_synthetic_shards(out, num_identities=d.synthetic_samples, rows_per_shard=16, seed=cfg.trainer.seed,
+                           num_views=d.num_views, val_fraction=0.2, storage_options=opts, world=world,
+                           progress=False, contact_sheet_samples=0)
 
 
 def summary(cfg: TrainConfig, result) -> str:

@@ -166,9 +166,10 @@ def test_landmarks_fall_on_the_rendered_face(world, views):
     row = np.clip(np.floor(lmk[..., 1]).astype(int), 0, SIZE - 1)
     rows = np.arange(len(lmk))[:, None]
     inside = mask[rows, row, col]
-    frontal = (np.abs(yaw) < 30) & (np.abs(pitch) < 20)
+    frontal = (np.abs(yaw) < 25) & (np.abs(pitch) < 20)
     assert frontal.sum() >= 5
-    # All 51 inner landmarks of near-frontal views lie on the head; far-side contour points at
+    # All 51 inner landmarks of near-frontal views lie on the head (at 30 degrees of yaw the
+    # outer end of a brow already reaches the silhouette); far-side contour points at
     # large yaw may sit on the silhouette, so overall we ask for >= 90%.
     assert inside[frontal][:, 17:].all()
     assert inside.mean() >= 0.9, inside.mean()
@@ -268,7 +269,8 @@ def test_prepare_source_synthetic_with_ray_data(ray_local, tmp_path):
                         val_fraction=0.25, num_workers=2, progress=False, contact_sheet_samples=2,
                         synthetic=SyntheticConfig(num_identities=4, image_size=48, antialias=False))
     summary = run(cfg)
-    assert (summary.shards_total, summary.shards_written, summary.rows) == (2, 2, 4)
+    # train: 3 rows -> 2 shards of <= 2 rows; val: 1 row -> 1 shard
+    assert (summary.shards_total, summary.shards_written, summary.rows) == (3, 3, 4)
     assert summary.rows_per_split == {"train": 3, "val": 1}
     ds = ray.data.read_parquet(os.path.join(out, "shards"))
     rows = ds.take_all()

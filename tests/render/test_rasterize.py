@@ -280,6 +280,7 @@ def test_input_errors_say_what_is_wrong():
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_compiled_stages_match_eager():
     """torch.compile of the per-candidate stages (first call compiles: slow)."""
     verts, faces = random_triangles(B=2, F=12, seed=11)

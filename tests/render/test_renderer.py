@@ -184,8 +184,8 @@ def test_analysis_by_synthesis_recovers_the_camera(sphere):
     with torch.no_grad():
         target = r(v[None], target_cam, albedo, sh, background=bg).image
     cam = torch.tensor([[0.6, 0.0, 0.05]], requires_grad=True)
-    opt = torch.optim.Adam([cam], lr=0.01)
-    for _ in range(150):
+    opt = torch.optim.Adam([cam], lr=0.015)
+    for _ in range(100):
         opt.zero_grad()
         loss = ((r(v[None], cam, albedo, sh, background=bg).image - target) ** 2).mean()
         loss.backward()

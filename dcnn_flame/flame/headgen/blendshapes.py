@@ -233,9 +233,9 @@ def au_fields(frame: FaceFrame, lids: LidModel) -> dict[int, np.ndarray]:
     cheek = _g(ax, y, 0.040, lay.eye_y - 0.024, 0.019, 0.013) * prot
     crow = _g(ax, y, lay.eye_outer_x + 0.008, lay.eye_y, 0.007, 0.010) * prot
     cheek_field = f.vec(0.0008 * sx * cheek, 0.0045 * cheek + 0.0012 * crow, 0.0018 * cheek)
-    au[6] = lids.field(both(0.0, -0.085)) + f.finish(cheek_field)
+    au[6] = lids.field(both(0.0, -0.12)) + f.finish(cheek_field)
     # AU7 lid tightener: lower lids up (more), upper lids down a little.
-    au[7] = lids.field(both(0.12, -0.14))
+    au[7] = lids.field(both(0.15, -0.21))
     # AU9 nose wrinkler: nose sides and wings up, the upper lip up a little.
     nose_side = (_g(ax, y, 0.010, lay.nose_root_y - 0.022, 0.010, 0.016)
                  + 0.9 * _g(ax, y, lay.ala_x, lay.nose_base_y + 0.006, 0.008, 0.007))
@@ -403,29 +403,63 @@ def identity_basis(frame: FaceFrame, rng: np.random.Generator, n_shape: int) -> 
     # Eyeballs move rigidly with the field at their centre and the skin around the
     # eyes blends into that motion, so lids keep hugging the eyes.
     dist = {s: np.hypot(frame.x - s * lay.eye_x, frame.y - lay.eye_y) for s in (+1, -1)}
+    probes = {s: _probe(frame, lay.eye_centre(s)) for s in (+1, -1)}
+    movable = frame.skin | (mesh.part == CAVITY) | (mesh.part == RIM_L) | (mesh.part == RIM_R)
     out = np.zeros((frame.n, 3, n_shape))
     for k, fld in enumerate(fields):
-        fld = np.where(frame.skin[:, None] | (mesh.part == CAVITY)[:, None]
-                       | (mesh.part == RIM_L)[:, None] | (mesh.part == RIM_R)[:, None], fld, 0.0)
+        fld = np.where(movable[:, None], fld, 0.0)
         for s, part in ((+1, EYE_L), (-1, EYE_R)):
-            centre_val = _field_at(frame, fld, lay.eye_centre(s))
+            ids, wts = probes[s]
+            centre_val = (fld[ids] * wts[:, None]).sum(0)
             w = (1.0 - smoothstep(0.016, 0.026, dist[s])) * (frame.sx == s) * (frame.z > 0.02)
             fld = fld * (1.0 - w[:, None]) + w[:, None] * centre_val
             fld[mesh.part == part] = centre_val
         out[:, :, k] = fld
-    flat = out.reshape(-1, n_shape)
-    q, r = np.linalg.qr(flat)
-    # Keep each component's sign (the semantic direction) through the QR.
-    q = q * np.sign(np.diag(r))[None, :]
     n_v = frame.n
+    q = orthonormal_columns(out.reshape(-1, n_shape))
     sigma = SHAPE_SIGMA0 * (np.arange(n_shape) + 1.0) ** -SHAPE_DECAY
     return (q * sigma[None, :] * np.sqrt(n_v)).reshape(n_v, 3, n_shape)
 
 
-def _field_at(frame: FaceFrame, field: np.ndarray, point: np.ndarray) -> np.ndarray:
-    """Field value near ``point`` (inverse-distance mix of the closest skin vertices)."""
+def orthonormal_columns(a: np.ndarray) -> np.ndarray:
+    """Gram-Schmidt of the columns of ``a`` [N, K] (K << N), as CholeskyQR2.
+
+    Equal to the Q of the QR decomposition with a positive diagonal (column k keeps
+    its direction and depends only on columns 0..k). Only matrix products and a
+    K x K Cholesky written out here: LAPACK's threaded QR crawls on a busy machine.
+    """
+    q = a
+    for _ in range(2):
+        lower = _cholesky(q.T @ q)
+        q = q @ _lower_inverse(lower).T
+    return q
+
+
+def _cholesky(g: np.ndarray) -> np.ndarray:
+    n = len(g)
+    low = np.zeros_like(g)
+    for j in range(n):
+        d = g[j, j] - low[j, :j] @ low[j, :j]
+        if d <= 0:
+            raise RuntimeError("procedural head: identity components are linearly dependent")
+        low[j, j] = np.sqrt(d)
+        low[j + 1:, j] = (g[j + 1:, j] - low[j + 1:, :j] @ low[j, :j]) / low[j, j]
+    return low
+
+
+def _lower_inverse(low: np.ndarray) -> np.ndarray:
+    n = len(low)
+    inv = np.zeros_like(low)
+    for i in range(n):
+        inv[i, i] = 1.0 / low[i, i]
+        inv[i, :i] = -(low[i, :i] @ inv[:i, :i]) / low[i, i]
+    return inv
+
+
+def _probe(frame: FaceFrame, point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Skin vertices and weights that sample a field near ``point`` (inverse distance)."""
     skin = np.nonzero(frame.skin)[0]
     d = np.linalg.norm(frame.v[skin] - point, axis=1)
     idx = np.argsort(d)[:12]
     w = 1.0 / (d[idx] + 1e-4)
-    return (field[skin[idx]] * w[:, None]).sum(0) / w.sum()
+    return skin[idx], w / w.sum()

@@ -58,11 +58,24 @@ def _edge_point(mesh: HeadMesh, chain: np.ndarray, frac: float, skin_faces: np.n
 
 
 def _vertex_point(mesh: HeadMesh, vid: int, skin_faces: np.ndarray):
-    f = mesh.faces[skin_faces]
-    face = skin_faces[np.nonzero(np.any(f == vid, axis=1))[0][0]]
+    face = int(_first_face_of_vertex(mesh, skin_faces)[vid])
+    if face < 0:
+        raise RuntimeError(f"procedural head: vertex {vid} is on no skin face")
     bary = np.zeros(3)
     bary[list(mesh.faces[face]).index(vid)] = 1.0
     return face, bary
+
+
+def _first_face_of_vertex(mesh: HeadMesh, skin_faces: np.ndarray) -> np.ndarray:
+    """[V] one skin face holding each vertex (-1 for none), kept on the mesh."""
+    hit = mesh.meta.get("first_skin_face")
+    if hit is None:
+        hit = np.full(len(mesh.vertices), -1, dtype=np.int64)
+        f = mesh.faces[skin_faces]
+        for k in range(3):
+            hit[f[::-1, k]] = skin_faces[::-1]
+        mesh.meta["first_skin_face"] = hit
+    return hit
 
 
 def _frontal_point(mesh: HeadMesh, xy: np.ndarray, skin_faces: np.ndarray):

@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.integrate import cumulative_trapezoid
 from scipy.spatial import Delaunay, cKDTree
 
 from dcnn_flame.flame.headgen.layout import Layout, smoothstep
@@ -97,7 +96,7 @@ class Chart:
         # Conformal radius: d(log rho)/dt = |dP/dt| / |dP/daz|; the 1/t part is
         # integrated exactly so the pole stays regular (rho ~ t there).
         g = d_t / d_a - 1.0 / t
-        rho = t * np.exp(cumulative_trapezoid(g, t, initial=0.0))
+        rho = t * np.exp(np.concatenate([[0.0], np.cumsum(0.5 * (g[1:] + g[:-1]) * np.diff(t))]))
         self.t = np.concatenate([[0.0], t])
         self.rho = np.concatenate([[0.0], rho])
         self.rho_max = float(rho[-1])
@@ -410,7 +409,9 @@ def build_head_mesh(layout: Layout, resolution: str = "default") -> HeadMesh:
     if not used.all():
         raise RuntimeError(f"procedural head: {np.count_nonzero(~used)} unused skin vertices")
     tri = _orient_outwards(positions, tri)
-    tri = _flip_to_3d_delaunay(positions, tri, fixed=seam_ids)
+    chart_all = np.concatenate([chart_pts, chart_pts[interior]])
+    seam_ids = np.concatenate([seam_ids, ring_ids[:1]])  # the cut ring starts on the seam
+    tri = _flip_to_3d_delaunay(positions, tri, chart_all, fixed=seam_ids)
 
     n_skin = len(positions)
     builder = _PartBuilder(positions, tri, base, n_skin)
@@ -447,14 +448,22 @@ def build_head_mesh(layout: Layout, resolution: str = "default") -> HeadMesh:
     )
 
 
-def _flip_to_3d_delaunay(v: np.ndarray, f: np.ndarray, fixed: np.ndarray, max_iter: int = 30) -> np.ndarray:
+def _area2(p: np.ndarray, f: np.ndarray) -> np.ndarray:
+    a, b, c = p[f[..., 0]], p[f[..., 1]], p[f[..., 2]]
+    return (b[..., 0] - a[..., 0]) * (c[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (c[..., 0] - a[..., 0])
+
+
+def _flip_to_3d_delaunay(v: np.ndarray, f: np.ndarray, chart: np.ndarray, fixed: np.ndarray,
+                         max_iter: int = 30) -> np.ndarray:
     """Edge flips until no interior edge has opposite angles (in 3-D) summing past pi.
 
     The chart's Delaunay triangulation is only Delaunay for the base head's metric;
-    on steep relief (nose sides) this restores well-shaped triangles. Edges between
+    on steep relief (nose sides) this restores well-shaped triangles. A flip must
+    keep both triangles' orientation in the ``chart`` [V, 2] (no folds). Edges between
     two ``fixed`` vertices (the UV seam) are kept; boundary edges never flip.
     """
     f = f.copy()
+    orient = np.sign(np.sum(np.sign(_area2(chart, f))))
     n_v = len(v)
     fixed_mask = np.zeros(n_v, dtype=bool)
     fixed_mask[fixed] = True
@@ -490,6 +499,8 @@ def _flip_to_3d_delaunay(v: np.ndarray, f: np.ndarray, fixed: np.ndarray, max_it
         n2 = np.cross(v[b] - v[d], v[c] - v[d])
         new_key = np.minimum(c, d) * n_v + np.maximum(c, d)
         ok = ((np.einsum("ij,ij->i", n1, old_n) > 0) & (np.einsum("ij,ij->i", n2, old_n) > 0)
+              & (orient * _area2(chart, np.stack([a, d, c], 1)) > 0)
+              & (orient * _area2(chart, np.stack([d, b, c], 1)) > 0)
               & (c != d) & ~np.isin(new_key, key))
         used = np.zeros(len(f), dtype=bool)
         added: set[int] = set()
@@ -708,14 +719,17 @@ def _signed_volume(v: np.ndarray, f: np.ndarray) -> float:
 # ------------------------------------------------------------------------------ UVs
 
 #: UV atlas: skin above v = SKIN_V0; islands for eyes, rims and the cavity below.
-SKIN_V0 = 0.14
+SKIN_V0 = 0.20
 ISLANDS = {
-    "eye_r": (0.015, 0.010, 0.120, 0.115),
-    "eye_l": (0.135, 0.010, 0.240, 0.115),
-    "rim_r": (0.260, 0.070, 0.480, 0.120),
-    "rim_l": (0.260, 0.010, 0.480, 0.060),
-    "cavity": (0.500, 0.010, 0.985, 0.125),
+    "eye_r": (0.010, 0.008, 0.190, 0.188),
+    "eye_l": (0.200, 0.008, 0.380, 0.188),
+    "rim_r": (0.395, 0.100, 0.600, 0.185),
+    "rim_l": (0.395, 0.010, 0.600, 0.095),
+    "cavity": (0.615, 0.010, 0.990, 0.185),
 }
+#: Eyeball UV radius grows like (angle from the pupil) ** EYE_UV_POWER: the iris and
+#: pupil get most of the island's texels.
+EYE_UV_POWER = 0.6
 
 
 def skin_uv(t: np.ndarray, az: np.ndarray) -> np.ndarray:
@@ -738,7 +752,7 @@ def _uv_layout(verts, faces, part, param, seam_ids, builder: _PartBuilder, eye_p
         axis_xy = 0.5 * (verts[ids[0]] + verts[ids[-1]])
         d = verts[ids] - axis_xy
         ang = np.arctan2(d[:, 1], d[:, 0])
-        rad = eye_polar[side] / np.pi * 0.5
+        rad = 0.5 * (eye_polar[side] / np.pi) ** EYE_UV_POWER
         uv[ids, 0] = 0.5 * (u0 + u1) + (u1 - u0) * rad * np.cos(ang)
         uv[ids, 1] = 0.5 * (v0 + v1) + (v1 - v0) * rad * np.sin(ang)
     uv_faces = faces.copy()
@@ -764,7 +778,10 @@ def _uv_layout(verts, faces, part, param, seam_ids, builder: _PartBuilder, eye_p
             n_col = rc[..., 1].max()
             n_row = n_rows[island]
             coords = np.stack([u0 + (u1 - u0) * rc[..., 1] / n_col,
-                               v1 - (v1 - v0) * rc[..., 0] / n_row], axis=-1).reshape(-1, 2)
+                               v1 - (v1 - v0) * rc[..., 0] / n_row], axis=-1)
+            if np.sum(np.sign(_area2(coords.reshape(-1, 2), np.arange(coords.size // 2).reshape(-1, 3)))) < 0:
+                coords[..., 0] = u0 + u1 - coords[..., 0]  # keep islands counter-clockwise
+            coords = coords.reshape(-1, 2)
             uv_faces[offset:offset + len(f)] = new_uv(coords).reshape(-1, 3)
         offset += len(f)
 
@@ -782,8 +799,9 @@ def _uv_layout(verts, faces, part, param, seam_ids, builder: _PartBuilder, eye_p
             uv_faces[r, k] = new_uv(np.array([[cu + 0.5 * (u1 - u0) * np.cos(mean_ang),
                                                cv + 0.5 * (v1 - v0) * np.sin(mean_ang)]]))[0]
 
-    # Skin seam: faces on the subject's left (az > 0) use u = 1 copies of seam
-    # vertices; faces around the crown pole get their own pole UV.
+    # Skin seam (az = pi): faces on the subject's left (az > 0) see seam vertices at
+    # u = 1, faces on the right at u = 0; faces around the crown pole get their own
+    # pole UV.
     seam_set = np.zeros(n_v, dtype=bool)
     seam_set[seam_ids] = True
     pole = seam_ids[0]
@@ -800,8 +818,8 @@ def _uv_layout(verts, faces, part, param, seam_ids, builder: _PartBuilder, eye_p
                 us = [uv[faces[r, j], 0] if not seam_set[faces[r, j]] else seam_u
                       for j in range(3) if j != k]
                 uv_faces[r, k] = new_uv(np.array([[float(np.mean(us)), uv[vid, 1]]]))[0]
-            elif side_az > 0:
-                uv_faces[r, k] = new_uv(np.array([[1.0, uv[vid, 1]]]))[0]
+            elif uv[vid, 0] != seam_u:
+                uv_faces[r, k] = new_uv(np.array([[seam_u, uv[vid, 1]]]))[0]
     if extra:
         uv = np.concatenate([uv] + extra)
     # Compact: drop per-vertex UVs no face uses (rim/cavity vertices use island copies).

@@ -1,0 +1,131 @@
+"""Stage 1 of the generation pipeline (CPU): read, decode, find the face, align.
+
+The per-image work is the ingest's own (:func:`dcnn_flame.data.shard_writer.prepare_view`:
+decode with the typed reasons of :mod:`dcnn_flame.data.images`, face box from S3FD / OpenCV /
+centre crop, optional FAN landmarks, alignment to a 224x224 crop), so characters are cropped
+exactly like the training data. On top of it one check the ingest does not need: a crop with
+(almost) no contrast has no face in it (reason ``no_face``), which catches blank and flat
+images when no detector is available.
+
+Every image problem becomes a failure row (stage read/decode/detect/align, a reason code and a
+detail); a character with no usable image is passed on with zero images, and the actor turns
+it into a failed character. Nothing here raises for bad data.
+"""
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+
+from dcnn_flame.data import shard_writer as sw
+from dcnn_flame.io import storage
+from dcnn_flame.io.storage import StorageOptions
+
+#: Columns the stage adds (the input columns character_id, character_key, image_uris, sizes stay).
+OUTPUT_SCHEMA = pa.schema([
+    pa.field("character_id", pa.string()),
+    pa.field("character_key", pa.string()),
+    pa.field("image_uris", pa.list_(pa.string())),
+    pa.field("images", pa.list_(pa.binary())),  # aligned 224x224 crops, PNG
+    pa.field("image_ok_uris", pa.list_(pa.string())),  # the input URI of each crop
+    pa.field("failures", pa.string()),  # JSON list of {input_uri, stage, reason, detail}
+    pa.field("decode_ms", pa.float32()),
+])
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """What stage 1 needs (plain values, resolved on the driver).
+
+    Attributes:
+        worker: the ingest's settings (detector, landmarks, margin, size limits, PNG crops).
+        min_crop_std: crops with a lower pixel standard deviation (0-255) fail as ``no_face``.
+        fs: fsspec filesystem built on the driver for remote inputs (carries the driver's
+            credentials to workers, see :mod:`dcnn_flame.io.arrow_fs`); None = from options.
+        storage: object-store options (local inputs ignore them).
+    """
+
+    worker: sw.WorkerSettings
+    min_crop_std: float
+    fs: Any
+    storage: StorageOptions
+
+
+_TOOLS: dict[int, sw.ShardTools] = {}
+
+
+def _tools(settings: DecodeSettings) -> sw.ShardTools:
+    """Detector/landmarker models, loaded once per worker process (Ray reuses workers)."""
+    key = hash(settings.worker)
+    tools = _TOOLS.get(key)
+    if tools is None:
+        tools = _TOOLS[key] = sw.ShardTools(settings.worker)
+    return tools
+
+
+def _fs_for(uri: str, settings: DecodeSettings):
+    if settings.fs is not None and not storage.is_local(uri):
+        return settings.fs, uri.split("://", 1)[1]
+    return storage.get_fs(uri, settings.storage)
+
+
+def crop_std(png: bytes) -> float:
+    """Pixel standard deviation (0-255, over all channels) of an encoded crop."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as im:
+        return float(np.asarray(im.convert("RGB"), dtype=np.float32).std())
+
+
+def prepare_image(uri: str, size: int, settings: DecodeSettings, tools: sw.ShardTools) -> bytes:
+    """Read one image and return its aligned crop (PNG bytes); raises ``shard_writer._Failure``."""
+    fs, path = _fs_for(uri, settings)
+    if size < 0:
+        try:
+            size = int(fs.size(path))
+        except FileNotFoundError:
+            raise sw._Failure("read", "missing", f"no such file: {uri}") from None
+        except Exception:  # noqa: BLE001 - unknown size: _read still bounds the decode
+            size = -1
+    data = sw._read(fs, path, size if size >= 0 else None, settings.worker.max_image_bytes)
+    nan4, nan5 = np.full(4, np.nan), np.full((5, 2), np.nan)
+    view = sw.prepare_view(data, nan4, nan5, settings.worker, tools)
+    std = crop_std(view.image)
+    if std < settings.min_crop_std:
+        raise sw._Failure("detect", "no_face", f"the aligned crop is featureless (pixel std {std:.2f} < "
+                                               f"min_crop_std={settings.min_crop_std}); no face found")
+    return view.image
+
+
+def preprocess_character(character_id: str, key: str, uris: list[str], sizes: list[int],
+                         settings: DecodeSettings, tools: Optional[sw.ShardTools] = None) -> dict[str, Any]:
+    """One output row of stage 1 for one character (see :data:`OUTPUT_SCHEMA`)."""
+    t0 = time.perf_counter()
+    tools = tools if tools is not None else _tools(settings)
+    images, ok_uris, failures = [], [], []
+    for uri, size in zip(uris, sizes):
+        try:
+            images.append(prepare_image(uri, int(size), settings, tools))
+            ok_uris.append(uri)
+        except sw._Failure as f:
+            failures.append({"input_uri": uri, "stage": f.stage, "reason": f.reason, "detail": f.detail})
+        except Exception as exc:  # noqa: BLE001 - one image must never stop the character
+            failures.append({"input_uri": uri, "stage": "decode", "reason": "error",
+                             "detail": f"{type(exc).__name__}: {exc}"})
+    return {"character_id": character_id, "character_key": key, "image_uris": list(uris), "images": images,
+            "image_ok_uris": ok_uris, "failures": json.dumps(failures),
+            "decode_ms": float((time.perf_counter() - t0) * 1000.0)}
+
+
+def preprocess_batch(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
+    """Ray Data ``map_batches`` function (batch_format="pyarrow"): stage 1 for a batch of characters."""
+    rows = []
+    for r in batch.to_pylist():
+        rows.append(preprocess_character(r["character_id"], r["character_key"], r["image_uris"], r["sizes"],
+                                         settings))
+    return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)

@@ -1,0 +1,187 @@
+"""VGGFace2-shaped folder -> Parquet shards, from a local path and from a real S3-compatible
+server; shards readable by ray.data.read_parquet and pyarrow with the schema's columns;
+alignment checked against the known face geometry; reruns write nothing."""
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from faces import five_from_68, write_vggface2_tree
+from ingest_fixtures import ray_local_s3_env, ray_s3  # noqa: F401  (fixtures)
+
+from dcnn_flame.config import PrepareConfig, StorageConfig
+from dcnn_flame.data import align as A
+from dcnn_flame.data.schema import FAILURE_SCHEMA, SAMPLE_SCHEMA, check_table, decode_image
+
+TREE = {"train": {"n000002": 5, "n000003": 3, "n000004": 4, "n000005": 4}, "test": {"n000001": 4}}
+MARGIN = 0.12
+
+
+def _make_tree(root):
+    truth = write_vggface2_tree(root, TREE, seed=7)
+    bad = root / "train" / "n000004" / "0004_01.jpg"
+    bad.write_bytes(bad.read_bytes()[:600])  # a truncated download (its CSV rows stay)
+    return truth, str(bad)
+
+
+def _cfg(input_uri, output_uri, tmp_path, **kw):
+    return PrepareConfig(source="vggface2", input_uri=input_uri, output_uri=output_uri, rows_per_shard=2,
+                         val_fraction=0.25, margin=MARGIN, torch_hub_dir=str(tmp_path / "no_hub"),
+                         progress=False, stall_timeout_s=120, contact_sheet_samples=4, **kw)
+
+
+def _snapshot(root):
+    out = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(d, f)
+            st = os.stat(p)
+            out[p] = (st.st_mtime_ns, st.st_size)
+    return out
+
+
+def _check_rows(rows, truth, bad_uri):
+    for row in rows:
+        assert row["num_views"] == 4 and len(row["image"]) == 4
+        assert bad_uri not in row["image_uri"]
+        assert row["landmark_source"] == ["metadata5"] * 4
+        for v in range(4):
+            uri = row["image_uri"][v]
+            folder = "test" if row["split"] == "test" else "train"
+            t = truth[f"{folder}/{row['identity']}/{os.path.splitext(os.path.basename(uri))[0]}"]
+            x, y, w, h = t["box"]
+            m = A.box_alignment(np.array([x, y, x + w, y + h], dtype=float), MARGIN, 224)
+            expected5 = A.transform_points(m, five_from_68(t["landmarks"]))
+            got5 = np.array(row["landmarks5"][v]).reshape(5, 2)
+            np.testing.assert_allclose(got5, expected5, atol=0.01)
+            assert np.isnan(row["landmarks"][v]).all()
+            np.testing.assert_allclose(row["crop_box"][v], A.crop_box(m, 224), atol=1e-3)
+            img = decode_image(row["image"][v])
+            assert img.shape == (224, 224, 3)
+            for ex, ey in got5[:2]:  # the drawn pupils are dark: image and landmarks agree
+                patch = img[int(ey) - 1:int(ey) + 2, int(ex) - 1:int(ex) + 2]
+                assert patch.mean() < 110, (uri, patch.mean())
+            assert np.isnan(row["au"][v]).all() and row["expression_class"][v] == -1
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_local_ingest_rerun_and_resume(ray_local_s3_env, tmp_path, capsys):  # noqa: F811
+    from dcnn_flame.data.ingest import run
+
+    truth, bad = _make_tree(tmp_path / "vgg")
+    out = tmp_path / "out"
+    cfg = _cfg(str(tmp_path / "vgg"), str(out), tmp_path)
+    s = run(cfg)
+    printed = capsys.readouterr().out
+    assert "FAN weights not found" in printed and "images/s" in printed
+    assert s.failures == {"truncated": 1}
+    # 5 -> 2 samples, 3 -> 1, 4 -> 1 (3 good views + 1 repeated), 4 -> 1; test 4 -> 1
+    assert s.rows == 6 and s.rows_per_split["test"] == 1 and s.rows_per_split["val"] >= 1
+    # images counts inputs per shard (a padded view from another shard is read again there)
+    assert s.images >= 20 and s.images_ok == s.images - 1 and s.shards_written == s.shards_total
+
+    files = sorted(out.glob("shards/*/*.parquet"))
+    assert [f.name for f in files] == sorted(f"vggface2-{sp}-{i:05d}.parquet" for sp, n in
+                                             s.rows_per_split.items() for i in range(-(-n // 2)))
+    rows = []
+    for f in files:
+        table = pq.read_table(f)
+        check_table(table, str(f))
+        assert table.schema.names == SAMPLE_SCHEMA.names
+        assert table.schema.equals(SAMPLE_SCHEMA, check_metadata=False)
+        rows.extend(table.to_pylist())
+    assert len({r["sample_id"] for r in rows}) == 6
+    _check_rows(rows, truth, bad)
+    by_id = {}
+    for r in rows:
+        by_id.setdefault(r["identity"], set()).add(r["split"])
+    assert by_id["n000001"] == {"test"} and all(len(v) == 1 for v in by_id.values())
+    padded = [r for r in rows if r["identity"] == "n000004"][0]
+    assert len(set(padded["image_uri"])) == 3  # the truncated view replaced by a good one
+
+    import ray
+
+    ds = ray.data.read_parquet(str(out / "shards"))
+    assert ds.count() == 6
+    assert set(SAMPLE_SCHEMA.names) <= set(ds.schema().names)
+
+    fail = pq.read_table(out / "failures.parquet")
+    assert fail.schema.equals(FAILURE_SCHEMA, check_metadata=False)
+    assert fail.to_pylist() == [{"input_uri": bad, "identity": "n000004", "stage": "decode", "reason": "truncated",
+                                 "detail": fail.column("detail")[0].as_py()}]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["failures"] == {"truncated": 1} and manifest["images_ok"] == s.images_ok
+    assert sum(manifest["rows"].values()) == 6 and manifest["landmarks"] == "metadata"
+    from PIL import Image
+
+    sheet = Image.open(out / "contact_sheet.png")
+    assert sheet.size == (4 * 226 + 2, 4 * 226 + 2)
+
+    # rerun: nothing new, nothing rewritten
+    before = _snapshot(out)
+    s2 = run(cfg)
+    assert s2.shards_written == 0 and s2.shards_skipped == s.shards_total and s2.images == 0
+    assert s2.rows == 6 and s2.failures == {"truncated": 1}
+    assert _snapshot(out) == before
+
+    # an interrupted run: one shard missing its commit record is redone, byte-identical
+    victim = files[0]
+    data = victim.read_bytes()
+    (out / "_done" / victim.name.replace(".parquet", ".json")).unlink()
+    victim.unlink()
+    s3 = run(cfg)
+    assert s3.shards_written == 1 and victim.read_bytes() == data
+
+    # a different plan into the same prefix is refused, not mixed
+    with pytest.raises(ValueError, match="different plan"):
+        run(_cfg(str(tmp_path / "vgg"), str(out), tmp_path, seed=1))
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_s3_ingest(ray_s3, tmp_path):  # noqa: F811
+    import pyarrow.fs as pafs
+    import ray
+    import s3fs
+
+    from dcnn_flame.data.ingest import run
+    from dcnn_flame.io.storage import get_fs
+
+    _, (bucket, opts) = ray_s3
+    truth, bad = _make_tree(tmp_path / "vgg")
+    fs, _ = get_fs(bucket, opts)
+    fs.put(str(tmp_path / "vgg") + "/", f"{bucket[5:]}/data/vgg/", recursive=True)
+    cfg = _cfg(f"{bucket}/data/vgg", f"{bucket}/prepared/vgg", tmp_path,
+               storage=StorageConfig(uri=bucket, endpoint_url=opts.endpoint_url))
+    s = run(cfg)
+    assert s.rows == 6 and s.failures == {"truncated": 1}
+    s3_bad = f"{bucket}/data/vgg/" + os.path.relpath(bad, tmp_path / "vgg")
+
+    paths = sorted(fs.find(f"{bucket[5:]}/prepared/vgg/shards"))
+    assert paths and all(p.endswith(".parquet") for p in paths)
+    rows = []
+    for p in paths:
+        with fs.open(p, "rb") as f:
+            table = pq.read_table(io.BytesIO(f.read()))
+        check_table(table, p)
+        rows.extend(table.to_pylist())
+    local_truth = {k: v for k, v in truth.items()}
+    for r in rows:  # image_uri points into the bucket
+        assert all(u.startswith(f"{bucket}/data/vgg/") for u in r["image_uri"])
+        r["image_uri"] = [str(tmp_path / "vgg" / u[len(f"{bucket}/data/vgg/"):]) for u in r["image_uri"]]
+    _check_rows(rows, local_truth, bad)
+
+    reader_fs = pafs.PyFileSystem(pafs.FSSpecHandler(s3fs.S3FileSystem(
+        key="testing", secret="testing", client_kwargs={"endpoint_url": opts.endpoint_url})))
+    ds = ray.data.read_parquet(paths, filesystem=reader_fs)
+    assert ds.count() == 6 and set(SAMPLE_SCHEMA.names) <= set(ds.schema().names)
+    with fs.open(f"{bucket[5:]}/prepared/vgg/failures.parquet", "rb") as f:
+        assert pq.read_table(io.BytesIO(f.read())).column("input_uri").to_pylist() == [s3_bad]
+
+    s2 = run(cfg)
+    assert s2.shards_written == 0 and s2.images == 0 and s2.rows == 6
