@@ -1,7 +1,7 @@
 """DCNN-FLAME throughput: training step (every loss on) and batched inference, images/s.
 
     python benchmarks/bm_model.py                          # CPU, small batches
-    python benchmarks/bm_model.py --device cuda --bf16 --train-batch 64 --infer-batch 512
+    python benchmarks/bm_model.py --device cuda --bf16 --channels-last --train-batch 64 --infer-batch 512
 
 Targets on one H200 (bf16): >= 1,500 images/s training with every loss on, >= 5,000 images/s
 batched inference, <= 5 ms single-image latency. Prints one line per measurement.
@@ -31,9 +31,13 @@ def _batch(samples: int, views: int, size: int, device: torch.device) -> dict:
     }
 
 
-def bench_train(task, device, samples, views, size, iters, bf16) -> float:
+def _memory_format(module, channels_last: bool):
+    return module.to(memory_format=torch.channels_last) if channels_last else module
+
+
+def bench_train(task, device, samples, views, size, iters, bf16, channels_last=False) -> float:
     parts = task.build(device)
-    model, criterion = parts.model.train(), parts.criterion
+    model, criterion = _memory_format(parts.model.train(), channels_last), parts.criterion
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     batch = _batch(samples, views, size, device)
 
@@ -62,11 +66,11 @@ class _Null:
         return False
 
 
-def bench_infer(task, device, batch, size, iters, bf16) -> tuple[float, float]:
+def bench_infer(task, device, batch, size, iters, bf16, channels_last=False) -> tuple[float, float]:
     from dcnn_flame.model.inference import InferenceModel
 
     parts = task.build(device)
-    net = InferenceModel(parts.model, parts.evaluate.au_net).to(device).eval()
+    net = _memory_format(InferenceModel(parts.model, parts.evaluate.au_net).to(device).eval(), channels_last)
     x = torch.rand(batch, 3, size, size, device=device)
     one = x[:1]
     with torch.no_grad(), (torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else _Null()):
@@ -97,6 +101,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
+    ap.add_argument("--channels-last", action="store_true", help="channels-last memory format (GPU)")
     ap.add_argument("--backbone", default="resnet50")
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--train-batch", type=int, default=2, help="samples (x4 views) per training step")
@@ -106,11 +111,13 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     task = DCNNFlameTask(flame=FlameConfig(), model=ModelConfig(backbone=args.backbone, image_size=args.image_size),
                          loss=LossWeights(mmd=0.1, style_consistency=0.1))
-    print(f"device={device} bf16={args.bf16} backbone={args.backbone} size={args.image_size} "
+    print(f"device={device} bf16={args.bf16} channels_last={args.channels_last} backbone={args.backbone} "
+          f"size={args.image_size} "
           f"threads={torch.get_num_threads()}")
-    ips = bench_train(task, device, args.train_batch, 4, args.image_size, args.iters, args.bf16)
+    ips = bench_train(task, device, args.train_batch, 4, args.image_size, args.iters, args.bf16, args.channels_last)
     print(f"train (every loss on), batch {args.train_batch}x4 images: {ips:10.1f} images/s")
-    ips, lat = bench_infer(task, device, args.infer_batch, args.image_size, args.iters, args.bf16)
+    ips, lat = bench_infer(task, device, args.infer_batch, args.image_size, args.iters, args.bf16,
+                           args.channels_last)
     print(f"inference, batch {args.infer_batch}:            {ips:10.1f} images/s")
     print(f"inference, single image latency:      {lat:10.2f} ms (median)")
 

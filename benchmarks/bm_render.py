@@ -6,11 +6,17 @@ mesh under random yaws (+-30 degrees), framed by an orthographic DECA camera.
 
     python benchmarks/bm_render.py --device cpu --batches 1 64 256 --iters 3
     python benchmarks/bm_render.py --device cuda --batches 1 64 256 1024 --iters 20
+    python benchmarks/bm_render.py --device cuda --batches 256 1024 --iters 20 --compile \
+        --max-candidates 67108864   # the fast path on a large GPU: fused stages, big chunks
+
+On CPU each line also gives the process CPU time per image, which stays meaningful when
+other jobs share the cores (use --threads 1: idle OpenMP threads spin and count as CPU).
 """
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 
 import torch
@@ -54,14 +60,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timeit(fn, iters: int, device: torch.device) -> float:
-    fn()  # warm-up (allocator, kernels)
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(iters):
+def timeit(fn, iters: int, device: torch.device, warmup: int = 1) -> tuple[float, float, object]:
+    """(wall seconds, process CPU seconds, last result) per call. On a shared machine the
+    CPU time (all threads of this process) is the honest cost of the work: wall time
+    then also counts the time other processes held the cores."""
+    for _ in range(warmup):  # allocator, kernels, torch.compile
         fn()
     sync(device)
-    return (time.perf_counter() - t) / iters
+    t, c = time.perf_counter(), time.process_time()
+    for _ in range(iters):
+        out = fn()
+    sync(device)
+    return (time.perf_counter() - t) / iters, (time.process_time() - c) / iters, out
 
 
 def main() -> None:
@@ -69,6 +79,9 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64, 256])
     ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (1 makes the CPU-time column exact on a busy machine)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--max-candidates", type=int, default=None,
                     help="rasterizer chunk budget (default: the library default)")
@@ -77,6 +90,8 @@ def main() -> None:
     ap.add_argument("--backward", action="store_true", help="also time forward + backward")
     args = ap.parse_args()
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     name, v, f, uv, uvf = load_mesh()
     kw = {} if args.max_candidates is None else {"max_candidates": args.max_candidates}
     kw["compile"] = args.compile
@@ -102,18 +117,21 @@ def main() -> None:
             with torch.no_grad():
                 return renderer(verts, cam, albedo, sh)
 
-        t_r = timeit(rast, args.iters, device)
-        t_f = timeit(full, args.iters, device)
-        cover = rast().mask.float().mean().item()
+        t_r, c_r, frag = timeit(rast, args.iters, device, args.warmup)
+        t_f, c_f, _ = timeit(full, args.iters, device, args.warmup)
+        cover = frag.mask.float().mean().item()
         line = (f"B={B:5d}  rasterize {B / t_r:10.1f} img/s ({t_r * 1e3:8.2f} ms)   "
                 f"render {B / t_f:10.1f} img/s ({t_f * 1e3:8.2f} ms)   coverage {cover:.2f}")
+        if device.type == "cpu":
+            line += (f"   cpu time/img: rasterize {c_r / B * 1e3:.2f} ms, render {c_f / B * 1e3:.2f} ms"
+                     f" (load {os.getloadavg()[0]:.1f})")
         if args.backward:
             vg = verts.clone().requires_grad_(True)
 
             def fwd_bwd():
                 renderer(vg, cam, albedo, sh).image.mean().backward()
 
-            t_b = timeit(fwd_bwd, args.iters, device)
+            t_b, _, _ = timeit(fwd_bwd, args.iters, device, args.warmup)
             line += f"   fwd+bwd {B / t_b:10.1f} img/s"
         if device.type == "cuda":
             line += f"   peak mem {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"

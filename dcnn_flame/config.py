@@ -10,7 +10,7 @@ by the tests that check every field is documented).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from dcnn_flame.losses.combine import LossWeights
 from dcnn_flame.model.config import ModelConfig, SupervisionConfig
@@ -152,6 +152,12 @@ class TrainDataConfig:
     synthetic set there first (the embedded default; dcnn_flame.data.synthetic)."""
     synthetic_samples: int = 80
     """Identities (samples) of that generated set; a fifth of them become the "val" split."""
+    materialize_val: bool = True
+    """Decode the validation sets once into Ray's object store (each validation then reads
+    memory instead of re-running the read/decode plan). Set False for large validation sets:
+    they take ~600 KB per 4-view 224 px sample there."""
+    progress_bars: bool = False
+    """Ray Data progress bars in the logs (off: they flood job logs that are not a terminal)."""
 
 
 @dataclass
@@ -438,6 +444,55 @@ class QueryConfig:
 
 
 @dataclass
+class ExportConfig:
+    """The ONNX export job (jobs/export_onnx.py): a checkpoint's inference graph (image ->
+    FLAME parameters, AU vector, optionally vertices) -> ``.onnx`` + metadata JSON, checked
+    with onnx.checker and compared with PyTorch under onnxruntime."""
+
+    checkpoint: Optional[str] = None
+    """Trained model: a checkpoint directory (model.pt, config.json, meta.json) or a training
+    run directory (its latest checkpoint), local or URI. None needs ``random_init=true``."""
+    random_init: bool = False
+    """Export a freshly built, randomly initialised model (architecture from ``model`` and
+    ``flame``) instead of a checkpoint: for tests and for checking a deployment pipeline
+    before training. Its outputs mean nothing."""
+    output_uri: str = "exported/dcnn_flame.onnx"
+    """Where the ``.onnx`` file goes (local path or URI); the metadata goes next to it as
+    ``<stem>.json``. Existing files are replaced."""
+    with_vertices: bool = False
+    """Also output the posed FLAME vertices [N, V, 3] (metres, head model space)."""
+    with_au: bool = True
+    """Include the AU detector (17 sigmoid activations). Its weights come from
+    ``teachers_path``, else the checkpoint's ``supervision.teachers_path``, else (random_init
+    only) a random detector; with none, the ``au`` output is NaN."""
+    teachers_path: Optional[str] = None
+    """Teachers file of jobs/train_supervision.py holding the AU detector (overrides the
+    checkpoint's)."""
+    image_size: Optional[int] = None
+    """Input side in pixels (square). None = the model's ``image_size`` (224)."""
+    opset: int = 17
+    """ONNX opset version."""
+    check_batch_sizes: list[int] = field(default_factory=lambda: [1, 3])
+    """Batch sizes of the onnxruntime-vs-PyTorch comparison (the graph has a dynamic batch axis)."""
+    atol: float = 1e-4
+    """Comparison passes when |onnx - torch| <= atol + rtol * |torch| for every output value."""
+    rtol: float = 1e-4
+    """Relative part of the comparison tolerance (see atol)."""
+    fail_on_mismatch: bool = True
+    """Raise (non-zero exit) when the comparison fails; False only reports it."""
+    seed: int = 0
+    """Seed of the sample inputs (and of the weights with random_init)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Architecture for random_init (a checkpoint brings its own)."""
+    flame: FlameConfig = field(default_factory=FlameConfig)
+    """Head model for random_init. With a checkpoint: model_path set = use this FLAME file
+    (and its landmark/eyelid paths) instead of the checkpoint's; n_shape, n_expr and the
+    other switches always come from the checkpoint."""
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    """Object-store settings for checkpoint, teachers_path and output_uri."""
+
+
+@dataclass
 class GenerateConfig:
     """The batch expression-generation job (jobs/generate.py): a character library ->
     reconstruction -> retargeted expression bank -> GLB/OBJ/preview/results under one prefix.
@@ -626,6 +681,65 @@ class SupervisionTrainConfig:
     """Object-store settings for data_uri and output_uri."""
 
 
+@dataclass
+class SearchConfig:
+    """One search of jobs/tune.py: a grid over config keys and/or named variants, times seeds.
+
+    Trials are the cartesian product ``grid x variants x seeds``; every key is a dotted path
+    into :class:`TrainConfig` (e.g. ``loss.content``, ``model.multiscale_fusion``)."""
+
+    name: str = "alpha_beta"
+    """Name of the search (the default experiment name)."""
+    grid: Dict[str, List[Any]] = field(default_factory=dict)
+    """Dotted TrainConfig key -> values to try (grid search; e.g. loss.content = alpha)."""
+    labels: Dict[str, str] = field(default_factory=dict)
+    """Short display names of grid keys in tables and plots (e.g. loss.content -> alpha)."""
+    variants: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    """Variant name -> dotted-key overrides (an ablation); empty = no variant axis."""
+    seeds: List[int] = field(default_factory=lambda: [0])
+    """Repeats: each grid point / variant runs once per seed (trainer.seed); mean +- std over them."""
+
+
+@dataclass
+class TuneJobConfig:
+    """A Ray Tune search over training runs (jobs/tune.py): one TorchTrainer per trial."""
+
+    name: Optional[str] = None
+    """Experiment name (None = search.name); rerunning the same name resumes the search."""
+    search: SearchConfig = field(default_factory=SearchConfig)
+    """What to search (configs/search/*.yaml: alpha_beta, ablation)."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """The base training run of every trial (trial values override it; its name, storage and
+    ray fields are set per trial by the driver)."""
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    """Where the experiment goes: <storage.uri>/tune/<name>/ (trials' runs, results, plots)."""
+    ray: RayConfig = field(default_factory=RayConfig)
+    """How the driver reaches Ray."""
+    score: Dict[str, float] = field(default_factory=lambda: {"val/macro_f1": -0.5, "val/nonmetric": 0.5})
+    """Trial score = score_offset + sum(weight * metric), lower is better. The default is the
+    paper's criterion (Section 3.1): the average of (1 - weighted F1) and the non-metric error."""
+    score_offset: float = 0.5
+    """Constant added to the score (0.5 makes the default exactly 0.5 (1 - F1) + 0.5 nonmetric)."""
+    table_metrics: List[str] = field(default_factory=lambda: [
+        "val/accuracy", "val/macro_f1", "val/vertex_error_mm", "val/ssim", "val/aumr", "val/l_eval",
+        "val/nonmetric", "val/mean_face_error_mm"])
+    """Metrics in the results table and plots (those a trial did not report are left out)."""
+    plot_metric: Optional[str] = None
+    """Metric of the heat map / bar chart (None = the score)."""
+    max_concurrent_trials: Optional[int] = None
+    """Trials at once (None = as many as the cluster's resources allow; on GPUs set it to
+    #GPUs // GPUs per trial)."""
+    asha: bool = False
+    """Stop bad trials early with ASHA (on the score, by training step)."""
+    asha_grace_period: int = 1
+    """ASHA: steps before a trial may be stopped."""
+    asha_reduction_factor: int = 2
+    """ASHA: keep 1/reduction_factor of the trials at each rung."""
+    resume: bool = True
+    """Restore the experiment when <storage.uri>/tune/<name> holds one (finished trials are
+    kept, unfinished ones resume from their last checkpoint); False = refuse to reuse the name."""
+
+
 def register_configs() -> None:
     """Register every schema in Hydra's ConfigStore (idempotent; called by jobs)."""
     from hydra.core.config_store import ConfigStore
@@ -638,5 +752,8 @@ def register_configs() -> None:
     cs.store(group="ray", name="ray_schema", node=RayConfig)
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="query_schema", node=QueryConfig)
+    cs.store(name="export_onnx_schema", node=ExportConfig)
     cs.store(name="generate_schema", node=GenerateConfig)
     cs.store(name="train_supervision_schema", node=SupervisionTrainConfig)
+    cs.store(name="tune_schema", node=TuneJobConfig)
+    cs.store(group="search", name="search_schema", node=SearchConfig)

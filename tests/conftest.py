@@ -66,8 +66,11 @@ def s3_bucket(s3_server):
 
 
 @pytest.fixture(scope="session")
-def ray_local(tmp_path_factory):
-    """One local Ray for the whole session (4 logical CPUs on 2 cores; see RAY.md)."""
+def ray_local(tmp_path_factory, s3_server):
+    """One local Ray for the whole session (4 logical CPUs on 2 cores; see RAY.md).
+
+    It depends on ``s3_server`` so that the test server's credentials are in the environment
+    before Ray starts: Ray's processes inherit it, whatever order the tests run in."""
     import ray
 
     if ray.is_initialized():

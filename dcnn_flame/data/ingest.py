@@ -70,7 +70,8 @@ class PrepareSummary:
     failures: dict[str, int]
     """Failure rows by reason (whole output, not only this run)."""
     seconds: float
-    """Wall time of the shard processing (excludes planning)."""
+    """Wall time of the shard processing (excludes planning and Ray's start-up; includes the
+    shard writers' start-up)."""
     plan_seconds: float
     images_per_s: float
     landmarks: str
@@ -294,6 +295,11 @@ def run(cfg: PrepareConfig) -> PrepareSummary:
     print(f"[prepare] {plan.num_images} images -> {sum(plan.samples_per_split().values())} samples in "
           f"{len(names)} shards ({len(records)} already done); planned in {plan_seconds:.1f} s")
 
+    if todo:
+        from dcnn_flame.ray_utils import init_ray
+
+        # Started before the clock: images/s measures the shard work, not Ray's start-up.
+        init_ray(cfg.ray)
     t0 = time.perf_counter()
     new = _run_shards(plan, todo, settings, cfg) if todo else {}
     seconds = time.perf_counter() - t0

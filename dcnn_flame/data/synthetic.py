@@ -348,7 +348,9 @@ class SyntheticWorld:
         mean = np.asarray(data.extras["albedo_mean"], dtype=np.float32)  # [Ht, Wt, 3]
         basis = np.asarray(data.extras["albedo_basis"], dtype=np.float32)  # [Ht, Wt, 3, K]
         self.albedo_mean = torch.from_numpy(np.ascontiguousarray(mean.transpose(2, 0, 1)))
-        self.albedo_basis = torch.from_numpy(np.ascontiguousarray(basis.reshape(-1, basis.shape[-1])))
+        # Channel-major like the mean, so mean + basis @ code adds texel by texel.
+        self.albedo_basis = torch.from_numpy(
+            np.ascontiguousarray(basis.transpose(2, 0, 1, 3).reshape(-1, basis.shape[-1])))
         self.num_albedo = int(basis.shape[-1])
         self.renderer = Renderer(
             torch.as_tensor(data.faces, dtype=torch.int64),

@@ -1,4 +1,4 @@
-"""Parquet schemas of the batch job's outputs (versioned; documented in docs/outputs.md).
+"""Parquet schemas of the batch job's outputs (versioned; documented in docs/generation.md).
 
 Layout under one output prefix ``<out>``::
 
@@ -8,6 +8,8 @@ Layout under one output prefix ``<out>``::
     <out>/<run>/characters/<character_key>/albedo.png
     <out>/<run>/results/<character_key>.parquet               RESULTS_SCHEMA rows, one per expression
     <out>/<run>/failures/<character_key>.parquet              FAILURES_SCHEMA rows
+    <out>/<run>/failures/@plan.parquet                        FAILURES_SCHEMA rows of the plan stage (bad ids)
+    <out>/<run>/_RUN.json                                     checkpoint + settings the run is bound to
     <out>/<run>/characters/<character_key>/_SUCCESS           written last: the character is complete
 
 ``character_key`` = ``storage.safe_key(character_id)``. One results file per character keeps

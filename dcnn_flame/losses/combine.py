@@ -55,6 +55,9 @@ class LossWeights:
     feedback_au_lambda: float = _coef(1.0)
     """lambda inside Eq. 14 weighting the AU feature term against the expression term
     (a coefficient of the feedback term, not a term of its own)."""
+    feedback_expr_lambda: float = _coef(1.0)
+    """Weight of the expression part inside Eq. 14 (1 in the paper; 0 in the "w/o Expr"
+    ablation, which removes the expression branch from the feedback loop too)."""
 
     def __post_init__(self) -> None:
         for f in fields(self):

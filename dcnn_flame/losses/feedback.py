@@ -11,8 +11,12 @@ def feedback_loss(
     f_au_render: Tensor,
     au_lambda: float = 1.0,
     detach_input: bool = True,
+    expr_lambda: float = 1.0,
 ) -> Tensor:
     """Eq. 14: ||f_exp(I) - f_exp(I_hat)||_1 + lambda ||f_AU(I) - f_AU(I_hat)||_2^2.
+
+    ``expr_lambda`` scales the expression part (1 in Eq. 14; 0 in the "w/o Expr" ablation,
+    where the expression branch is gone).
 
     Takes teacher features, not the networks: f_exp from the expression classifier
     (``ExpressionOutput.embedding``), f_AU from the AU detector (``AUDetectorOutput.features``).
@@ -21,6 +25,7 @@ def feedback_loss(
         f_exp_input, f_exp_render: [B, D_exp] features of the input and rendered image.
         f_au_input, f_au_render: [B, D_au].
         au_lambda: lambda of Eq. 14 (``LossWeights.feedback_au_lambda``).
+        expr_lambda: weight of the expression part (``LossWeights.feedback_expr_lambda``).
         detach_input: the input image's features are targets (no gradient).
     Returns: scalar; both norms are per sample (sum over features), mean over the batch.
     """
@@ -33,4 +38,4 @@ def feedback_loss(
         f_exp_input, f_au_input = f_exp_input.detach(), f_au_input.detach()
     l_exp = (f_exp_input - f_exp_render).flatten(1).abs().sum(1).mean()
     l_au = (f_au_input - f_au_render).flatten(1).square().sum(1).mean()
-    return l_exp + au_lambda * l_au
+    return expr_lambda * l_exp + au_lambda * l_au

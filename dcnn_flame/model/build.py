@@ -53,14 +53,21 @@ class DCNNFlameTask:
     loss: LossWeights = field(default_factory=LossWeights)
     supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
 
-    def build(self, device: torch.device):
+    def build(self, device: torch.device, data: Optional[FlameModelData] = None):
+        """-> TaskParts(model, criterion, evaluate) on ``device``.
+
+        Args:
+            device: where the parts live.
+            data: the head model arrays when the caller already has them (must be what
+                ``self.flame`` loads; saves rebuilding the procedural head). None = load.
+        """
         from dcnn_flame.flame.factory import load_flame_data
         from dcnn_flame.flame.layer import FlameLayer
         from dcnn_flame.model.criterion import Criterion, build_teachers
         from dcnn_flame.model.evaluation import Evaluator
         from dcnn_flame.training.task import TaskParts
 
-        data = load_flame_data(self.flame)
+        data = data if data is not None else load_flame_data(self.flame)
         model = build_model(self.flame, self.model, data).to(device)
         to_expr, to_jaw = au_map_for(data, self.supervision, self.flame.n_expr)
         criterion = Criterion(self.loss, self.supervision, to_expr, to_jaw).to(device)

@@ -65,3 +65,30 @@ class SupervisionConfig:
     real FLAME models; the procedural head carries its own."""
     teacher_image_size: int = 112
     """Resolution the AU/expression teachers see (renders are resized to it)."""
+
+
+#: The paper's ablations (Figure 9, plus the detail branch) as config overrides:
+#: name -> (ModelConfig fields, LossWeights fields). "w/o Style" removes the whole style
+#: transfer loss of Eq. 3 (content and style); "w/o Expr"/"w/o AU" also drop that branch's
+#: part of the feedback loss (Eq. 14), so no signal of the removed teacher remains.
+ABLATIONS: dict[str, tuple[dict, dict]] = {
+    "full": ({}, {}),
+    "wo_expr": ({}, {"expression": 0.0, "feedback_expr_lambda": 0.0}),
+    "wo_au": ({}, {"au": 0.0, "feedback_au_lambda": 0.0}),
+    "wo_expr_wo_au": ({}, {"expression": 0.0, "au": 0.0, "feedback": 0.0}),
+    "wo_style": ({}, {"content": 0.0, "style": 0.0}),
+    "wo_id_encoder": ({"use_identity_encoder": False}, {}),
+    "wo_multiscale_fusion": ({"multiscale_fusion": False}, {}),
+    "wo_detail": ({"use_detail": False}, {"detail_reg": 0.0}),
+}
+
+
+def apply_ablation(name: str, model: ModelConfig, loss):
+    """(ModelConfig, LossWeights) of the ablation ``name`` (a key of :data:`ABLATIONS`)
+    applied on top of ``model`` and ``loss``; the inputs are not modified."""
+    import dataclasses
+
+    if name not in ABLATIONS:
+        raise ValueError(f"unknown ablation {name!r}; choose one of {sorted(ABLATIONS)}")
+    model_kw, loss_kw = ABLATIONS[name]
+    return dataclasses.replace(model, **model_kw), dataclasses.replace(loss, **loss_kw)

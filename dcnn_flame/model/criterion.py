@@ -156,9 +156,12 @@ class Criterion(nn.Module):
                 pred = torch.cat([outputs.expression, outputs.pose[:, 6:9]], dim=1)
                 terms["au"] = au_expression_loss(pred, au, self.au_map)
             if "feedback" in a:
-                au_r = self.au_net(r_in)
-                terms["feedback"] = feedback_loss(ex_i.embedding, ex_r.embedding, au_i.features, au_r.features,
-                                                  au_lambda=self.weights.feedback_au_lambda)
+                w = self.weights
+                # the AU detector runs on the render only when its part of Eq. 14 counts
+                au_r = self.au_net(r_in).features if w.feedback_au_lambda else au_i.features
+                terms["feedback"] = feedback_loss(ex_i.embedding, ex_r.embedding, au_i.features, au_r,
+                                                  au_lambda=w.feedback_au_lambda,
+                                                  expr_lambda=w.feedback_expr_lambda)
         if "mmd" in a:
             terms["mmd"] = self._mmd_term(outputs, batch)
         if "shape_reg" in a:

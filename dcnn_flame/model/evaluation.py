@@ -75,8 +75,8 @@ class Evaluator:
             shape_n = outputs.shape.float().repeat_interleave(outputs.num_views, 0)
             pred_v = self.canonical_vertices(shape_n, outputs.expression.float(), outputs.pose.float())
             template = self.flame.v_template.to(dev)
-            out["vertex_error_mm"] = M.mean_vertex_error(pred_v, gt_v, scale_to_mm=True).item()
-            out["mean_face_error_mm"] = M.mean_face_vertex_error(gt_v, template, scale_to_mm=True).item()
+            out["vertex_error_mm"] = M.mean_vertex_error(pred_v, gt_v, scale_to_mm=True).mean().item()
+            out["mean_face_error_mm"] = M.mean_face_vertex_error(gt_v, template, scale_to_mm=True).mean().item()
         lmk = batch.get("landmarks")
         if lmk is not None and outputs.landmarks2d is not None:
             from dcnn_flame.render.camera import to_pixels

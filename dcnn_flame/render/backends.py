@@ -45,13 +45,19 @@ class Pytorch3dRasterizer:
         # PyTorch3D NDC: +x left, +y up; the shorter image side spans [-1, 1].
         short = min(H, W)
         v = verts_ndc.detach().float()
-        p3 = torch.stack([-v[..., 0] * (W / short), v[..., 1] * (H / short), v[..., 2]], dim=-1)
+        z = v[..., 2]
+        if not perspective_correct:
+            # PyTorch3D skips points with z < 0 (behind its camera), while orthographic
+            # depth may be negative: shift each mesh to z >= 1 (the order is unchanged).
+            zmin = torch.where(torch.isfinite(z), z, torch.full_like(z, torch.inf)).amin(dim=1, keepdim=True)
+            z = z - torch.where(torch.isfinite(zmin), zmin, torch.zeros_like(zmin)) + 1.0
+        p3 = torch.stack([-v[..., 0] * (W / short), v[..., 1] * (H / short), z], dim=-1)
         fb = faces.expand(B, -1, -1) if faces.dim() == 2 else faces
         meshes = self._meshes(verts=list(p3), faces=list(fb))
         with torch.no_grad():
             pix_to_face, _, _, _ = self._rasterize_meshes(
                 meshes, image_size=(H, W), blur_radius=0.0, faces_per_pixel=1,
-                bin_size=self.bin_size, perspective_correct=False,
+                bin_size=self.bin_size, perspective_correct=perspective_correct,
                 cull_backfaces=self.settings.cull_backfaces)
         p2f = pix_to_face[..., 0]
         offsets = meshes.mesh_to_faces_packed_first_idx().view(B, 1, 1)

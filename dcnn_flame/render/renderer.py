@@ -293,9 +293,11 @@ class Renderer(nn.Module):
         size = _size_hw(image_size if image_size is not None else self.config.image_size)
         if vertices.dim() != 3 or vertices.shape[-1] != 3:
             raise ValueError(f"Renderer: vertices must be [B, V, 3], got {tuple(vertices.shape)}")
+        # The inputs decide the device (a no-op when the module was moved there already).
+        dev = vertices.device
         return self.mesh_renderer(
-            vertices, self.faces, camera, size, uv_coords=self.uv_coords.to(vertices.dtype),
-            uv_faces=self.uv_faces, albedo_map=albedo_map, sh=sh,
+            vertices, self.faces.to(dev), camera, size, uv_coords=self.uv_coords.to(dev, vertices.dtype),
+            uv_faces=self.uv_faces.to(dev), albedo_map=albedo_map, sh=sh,
             displacement_map=displacement_map, background=background)
 
     render = forward

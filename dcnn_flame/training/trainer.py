@@ -113,21 +113,35 @@ def loop_settings(cfg: TrainConfig, val_sets: tuple[str, ...]) -> LoopSettings:
 
 
 def build_datasets(cfg: TrainConfig) -> dict[str, Any]:
-    """Ray Datasets by name: "train", "val", and for fine-tuning "target" (+ "val_target")."""
+    """Ray Datasets by name: "train", "val", and for fine-tuning "target" (+ "val_target").
+
+    Validation sets are decoded once here when ``data.materialize_val`` (validation then reads
+    the object store). Each dataset keeps the DataContext it was built with (progress bars
+    per ``data.progress_bars``); the process-global context is restored afterwards.
+    """
+    from ray.data import DataContext
+
     opts = storage_options(cfg)
     d = cfg.data
 
-    def make(uri: str, split: Optional[str], domain: int):
+    def make(uri: str, split: Optional[str], domain: int, validation: bool = False):
         ds = loader.read_shards(uri, opts, split=split)
-        return loader.decode_dataset(ds, num_views=d.num_views, domain=domain, image_size=cfg.model.image_size,
-                                     batch_size=d.decode_batch_size)
+        ds = loader.decode_dataset(ds, num_views=d.num_views, domain=domain, image_size=cfg.model.image_size,
+                                   batch_size=d.decode_batch_size)
+        return ds.materialize() if validation and d.materialize_val else ds
 
-    out = {"train": make(d.train_uri, d.train_split, loader.SOURCE_DOMAIN),
-           "val": make(d.val_uri or d.train_uri, d.val_split, loader.SOURCE_DOMAIN)}
-    if cfg.stage == "finetune":
-        out["target"] = make(d.target_uri, d.target_split, loader.TARGET_DOMAIN)
-        if d.target_val_uri:
-            out["val_target"] = make(d.target_val_uri, None, loader.TARGET_DOMAIN)
+    ctx = DataContext.get_current()
+    saved = ctx.enable_progress_bars
+    ctx.enable_progress_bars = d.progress_bars
+    try:
+        out = {"train": make(d.train_uri, d.train_split, loader.SOURCE_DOMAIN),
+               "val": make(d.val_uri or d.train_uri, d.val_split, loader.SOURCE_DOMAIN, validation=True)}
+        if cfg.stage == "finetune":
+            out["target"] = make(d.target_uri, d.target_split, loader.TARGET_DOMAIN)
+            if d.target_val_uri:
+                out["val_target"] = make(d.target_val_uri, None, loader.TARGET_DOMAIN, validation=True)
+    finally:
+        ctx.enable_progress_bars = saved
     return out
 
 

@@ -348,6 +348,9 @@ def test_feedback_loss_eq14():
     expect = sum((fe_i[b] - fe_r[b]).abs().sum() + 0.3 * ((fa_i[b] - fa_r[b]) ** 2).sum() for b in range(3)) / 3
     torch.testing.assert_close(got, expect)
     _finite_grad(got, fe_r, fa_r)
+    # the "w/o Expr" ablation keeps only the AU part
+    only_au = feedback_loss(fe_i, fe_r, fa_i, fa_r, au_lambda=0.3, expr_lambda=0.0)
+    torch.testing.assert_close(only_au, sum(0.3 * ((fa_i[b] - fa_r[b]) ** 2).sum() for b in range(3)) / 3)
     src = torch.randn(3, 5, requires_grad=True)
     feedback_loss(src, fe_r, fa_i, fa_r).backward()
     assert src.grad is None  # input features are targets
@@ -444,7 +447,7 @@ def test_shape_consistency_matches_naive(mode):
 def test_loss_weights_defaults_and_active_terms():
     w = LossWeights()
     assert (w.content, w.style) == (0.7, 0.3)
-    assert "feedback_au_lambda" not in TERM_NAMES
+    assert "feedback_au_lambda" not in TERM_NAMES and "feedback_expr_lambda" not in TERM_NAMES
     assert set(TERM_NAMES) == {"landmark", "photometric", "content", "style", "expression", "au", "feedback", "mmd",
                                "shape_reg", "expr_reg", "detail_reg", "shape_consistency", "style_consistency"}
     act = active_terms(w)

@@ -11,22 +11,14 @@ import torch
 from dcnn_flame.config import FlameConfig
 from dcnn_flame.losses.combine import LossWeights
 from dcnn_flame.model.build import DCNNFlameTask
-from dcnn_flame.model.config import ModelConfig, SupervisionConfig
+from dcnn_flame.model.config import ABLATIONS as PAPER_ABLATIONS
+from dcnn_flame.model.config import ModelConfig, SupervisionConfig, apply_ablation
 
 IMG = 64
 FLAME = FlameConfig(n_shape=20, n_expr=20)
 
-ABLATIONS = {
-    "full": ({}, {}),
-    "wo_expr": ({}, {"expression": 0.0}),
-    "wo_au": ({}, {"au": 0.0}),
-    "wo_expr_wo_au": ({}, {"expression": 0.0, "au": 0.0}),
-    "wo_style": ({}, {"content": 0.0, "style": 0.0}),
-    "wo_id_encoder": ({"use_identity_encoder": False}, {}),
-    "wo_multiscale": ({"multiscale_fusion": False}, {}),
-    "wo_detail": ({"use_detail": False}, {"detail_reg": 0.0}),
-    "finetune_terms": ({}, {"mmd": 0.1, "style_consistency": 0.1}),
-}
+# every ablation of the paper (config.ABLATIONS) plus the stage-2 fine-tuning terms
+ABLATIONS = {**PAPER_ABLATIONS, "finetune_terms": ({}, {"mmd": 0.1, "style_consistency": 0.1})}
 
 
 def _batch(B=2, V=4, seed=0):
@@ -75,8 +67,10 @@ def test_every_trainable_parameter_gets_a_gradient(variant):
         assert "expression" not in terms
     if loss_kw.get("content", 1.0) == 0:
         assert criterion.vgg is None and "content" not in terms
+    if loss_kw.get("au", 1.0) == 0:
+        assert "au" not in terms
     if variant == "wo_expr_wo_au":
-        assert "au" not in terms and "expression" not in terms
+        assert "feedback" not in terms and criterion.au_net is None and criterion.expr_net is None
     terms["total"].backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, f"{variant}: parameters without gradient: {missing[:10]}"
@@ -124,3 +118,17 @@ def test_task_is_plain_picklable_config():
     task = _task({}, {})
     back = pickle.loads(pickle.dumps(task))
     assert dataclasses.asdict(back) == dataclasses.asdict(task)
+
+
+def test_ablation_switches_cover_figure_9():
+    # Figure 9 of the paper + the detail branch (issue 4); each is a config switch
+    assert set(PAPER_ABLATIONS) == {"full", "wo_expr", "wo_au", "wo_expr_wo_au", "wo_style", "wo_id_encoder",
+                                    "wo_multiscale_fusion", "wo_detail"}
+    m, w = apply_ablation("wo_au", ModelConfig(), LossWeights(au=0.7))
+    assert w.au == 0 and w.feedback_au_lambda == 0 and w.feedback > 0 and w.expression > 0
+    m, w = apply_ablation("wo_multiscale_fusion", ModelConfig(backbone="resnet18"), LossWeights())
+    assert m.backbone == "resnet18" and not m.multiscale_fusion and m.use_detail
+    m, w = apply_ablation("wo_detail", ModelConfig(), LossWeights())
+    assert not m.use_detail and w.detail_reg == 0
+    with pytest.raises(ValueError, match="wo_expr"):
+        apply_ablation("wo_everything", ModelConfig(), LossWeights())

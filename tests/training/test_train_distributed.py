@@ -33,25 +33,6 @@ def _assert_loads(run, options=None, step=None):
     return config
 
 
-def test_two_gloo_workers_local_storage(ray_local, tmp_path, clean_shards):
-    cfg = tiny_config(str(tmp_path / "out"), clean_shards, "ddp-local", workers=2, steps=4, val_every=2)
-    cfg.checkpoint.keep = 1
-    ship_test_modules()
-    result = fit(build_trainer(cfg, toy_task.ToyTask()))
-    m = result.metrics
-    assert (m["step"], m["updates"], m["skipped_steps"], m["bad_rows"]) == (4, 4, 0, 0)
-    assert m["val/samples"] == 4  # both ranks' halves, all-reduced
-    run = run_uri(cfg)
-    assert result.checkpoint.path == os.path.join(run, "checkpoint_00000004")
-    assert [s for s, _ in ck.list_checkpoints(run)] == [4]  # Ray kept the last 1
-    config = _assert_loads(run, step=4)
-    assert config["trainer"]["num_workers"] == 2
-    state = ck.load_training_state(ck.resolve_checkpoint(run))
-    assert len(state.rng) == 2  # RNG state of every rank
-    assert not torch.equal(state.rng[0]["torch"], state.rng[1]["torch"])
-    assert any(n.startswith("events.out.tfevents") for n in os.listdir(os.path.join(run, "tensorboard")))
-
-
 def test_two_gloo_workers_s3_storage_and_shards(ray_local, tmp_path, s3_bucket):
     bucket, options = s3_bucket
     fs = fsspec_filesystem(bucket, options)
@@ -72,8 +53,10 @@ def test_two_gloo_workers_s3_storage_and_shards(ray_local, tmp_path, s3_bucket):
     assert fs.glob(f"{run[5:]}/tensorboard/events.out.tfevents.*")  # uploaded by rank 0
 
 
-def test_worker_sigkill_resumes_from_last_checkpoint(ray_local, tmp_path, clean_shards):
+def test_two_gloo_workers_survive_a_sigkill_and_resume_from_last_checkpoint(ray_local, tmp_path, clean_shards):
+    # Also the plain 2-worker DDP run on local storage (one fit serves both, to save CI time).
     cfg = tiny_config(str(tmp_path / "out"), clean_shards, "ddp-fault", workers=2, steps=6, val_every=2)
+    cfg.checkpoint.keep = 1
     cfg.trainer.max_failures = 1
     cfg.trainer.fault_injection_step = 5  # rank 1 SIGKILLs itself at step 5 (after checkpoint 4)
     log = str(tmp_path / "reports.jsonl")
@@ -87,4 +70,29 @@ def test_worker_sigkill_resumes_from_last_checkpoint(ray_local, tmp_path, clean_
     assert [r["resumed_from"] for r in reports] == [0, 0, 0, 0, 4, 4]
     m = result.metrics
     assert (m["step"], m["resumed_from"], m["updates"]) == (6, 4, 6)  # 4 before + 2 after the kill
-    _assert_loads(run, step=6)
+    assert (m["skipped_steps"], m["bad_rows"]) == (0, 0)
+    assert m["val/samples"] == 4  # both ranks' halves of the val split, all-reduced
+    assert result.checkpoint.path == os.path.join(run, "checkpoint_00000006")
+    assert [s for s, _ in ck.list_checkpoints(run)] == [6]  # Ray kept the last 1
+    config = _assert_loads(run, step=6)
+    assert config["trainer"]["num_workers"] == 2
+    state = ck.load_training_state(ck.resolve_checkpoint(run))
+    assert len(state.rng) == 2  # RNG state of every rank
+    assert not torch.equal(state.rng[0]["torch"], state.rng[1]["torch"])
+    assert int(next(iter(state.optimizer["state"].values()))["step"]) == 6  # Adam continued, no step twice
+    assert any(n.startswith("events.out.tfevents") for n in os.listdir(os.path.join(run, "tensorboard")))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_one_gpu_worker_nccl_bf16_reports_throughput(ray_local, tmp_path, clean_shards):
+    cfg = tiny_config(str(tmp_path / "out"), clean_shards, "gpu-1", workers=1, steps=4, val_every=4)
+    cfg.trainer.use_gpu = True
+    cfg.trainer.bf16 = True
+    ship_test_modules()
+    trainer = build_trainer(cfg, toy_task.ToyTask())
+    assert trainer.scaling_config.use_gpu and trainer.scaling_config.num_workers == 1
+    result = fit(trainer)
+    m = result.metrics
+    assert m["step"] == 4 and m["updates"] == 4 and m["images_per_s"] > 0
+    _assert_loads(run_uri(cfg), step=4)

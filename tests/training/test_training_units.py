@@ -194,6 +194,29 @@ def test_config_checks_and_batch_split():
     assert split_batch(TrainConfig()) == (8, 0)
 
 
+def test_build_trainer_wires_gpu_nccl_and_storage(tmp_path):
+    # Construction only (no Ray cluster, no fit): the GPU path is configured, not measured, here.
+    from dcnn_flame.training.trainer import build_trainer
+
+    cfg = TrainConfig(name="gpu-wiring")
+    cfg.storage.uri = str(tmp_path)
+    cfg.trainer.num_workers, cfg.trainer.use_gpu, cfg.trainer.cpus_per_worker = 2, True, 4
+    cfg.checkpoint.keep, cfg.checkpoint.best_metric = 2, "val/vertex_error_mm"
+    trainer = build_trainer(cfg, toy_task.ToyTask(), datasets={"train": None, "val": None})
+    sc = trainer.scaling_config
+    assert (sc.num_workers, sc.use_gpu) == (2, True)
+    assert sc.resources_per_worker == {"CPU": 4, "GPU": 1}
+    assert trainer.backend_config.backend == "nccl"
+    rc = trainer.run_config
+    assert (rc.name, rc.storage_path) == ("gpu-wiring", os.path.join(str(tmp_path), "runs"))
+    assert rc.checkpoint_config.checkpoint_score_attribute == "val/vertex_error_mm"
+    assert rc.failure_config.max_failures == cfg.trainer.max_failures
+    settings = trainer.train_loop_config["settings"]
+    assert settings.bf16 and settings.val_sets == ("val",) and settings.batch_size == cfg.data.batch_size
+    cfg.trainer.use_gpu = False
+    assert build_trainer(cfg, toy_task.ToyTask(), datasets={"train": None}).backend_config.backend == "gloo"
+
+
 # ----------------------------------------------------------------------------- decode + batches
 
 

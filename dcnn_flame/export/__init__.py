@@ -1,0 +1,1 @@
+"""Exports of the trained model to other runtimes (onnx.py: ONNX + onnxruntime check)."""

@@ -1,0 +1,359 @@
+"""Stage 2 of the generation pipeline: the reconstruction actor (GPU or CPU).
+
+:class:`Reconstructor` is the callable class given to ``Dataset.map_batches`` with an
+``ActorPoolStrategy``: ``__init__`` loads the checkpoint (and the AU detector) once per actor,
+``__call__`` reconstructs a batch of characters, retargets the expression bank onto each one
+and writes its outputs (:mod:`dcnn_flame.generation.writers`) under deterministic keys, so a
+retried batch overwrites rather than duplicates. It returns one small status row per character
+(never meshes), so the driver's memory stays flat.
+
+Characters of a batch with the same number of usable images run as one forward pass
+``[B, V, 3, H, W]``: the model's identity branch gives one shape per character from all its
+views (the paper's multi-view identity); expression, pose and albedo are per view and averaged.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+
+from dcnn_flame.io.storage import StorageOptions
+
+#: Status rows the actor returns to the driver.
+STATUS_SCHEMA = pa.schema([
+    pa.field("character_id", pa.string()),
+    pa.field("character_key", pa.string()),
+    pa.field("status", pa.string()),  # ok | failed
+    pa.field("num_images", pa.int32()),
+    pa.field("num_failures", pa.int32()),
+    pa.field("num_expressions", pa.int32()),
+    pa.field("reason", pa.string()),
+    pa.field("reconstruct_ms", pa.float32()),
+    pa.field("write_ms", pa.float32()),
+])
+
+
+@dataclass(frozen=True)
+class ActorSettings:
+    """What the reconstruction actor needs (plain values resolved on the driver).
+
+    Attributes:
+        checkpoint_uri: a checkpoint directory (already resolved from a run directory).
+        run_uri: ``<out>/<name>``.
+        run_name: the run name (stored in every row).
+        storage: object-store options for every URI.
+        bank_names: expressions to generate, in order.
+        bank_au: [K][17] AU profiles (intensity applied).
+        intensity: the intensity applied (stored per row).
+        performance_names: extra morph targets from a performance (``perf_<stem>``).
+        performance_expression: [P][E] expression coefficients of the performance frames.
+        performance_jaw: [P][3] jaw axis-angle of the performance frames.
+        teachers_path: AU detector file or None (then the checkpoint's, if any).
+        au_map_path: AU -> expression map .npz or None (the head model's own).
+        device: "auto", "cpu" or "cuda".
+        bf16: bf16 autocast of the network forward on CUDA.
+        write_obj, preview, preview_size, preview_max, bake_detail: output switches.
+        model_version: package version stored in rows.
+        fault_injection: test-only directory (see GenerateConfig.fault_injection).
+        fs: fsspec filesystem of the output (and checkpoint) store built on the driver, carrying
+            its credentials (:mod:`dcnn_flame.io.arrow_fs`); None = from ``storage``.
+    """
+
+    checkpoint_uri: str
+    run_uri: str
+    run_name: str
+    storage: StorageOptions
+    bank_names: tuple[str, ...]
+    bank_au: tuple[tuple[float, ...], ...]
+    intensity: float = 1.0
+    performance_names: tuple[str, ...] = ()
+    performance_expression: tuple[tuple[float, ...], ...] = ()
+    performance_jaw: tuple[tuple[float, ...], ...] = ()
+    teachers_path: Optional[str] = None
+    au_map_path: Optional[str] = None
+    device: str = "auto"
+    bf16: bool = False
+    write_obj: bool = False
+    preview: bool = True
+    preview_size: int = 160
+    preview_max: int = 16
+    bake_detail: bool = True
+    model_version: str = ""
+    fault_injection: Optional[str] = None
+    fs: Any = None
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint ready for inference.
+
+    Attributes:
+        model: DCNNFlame in eval mode (on CPU).
+        au_net: AU detector or None.
+        au_size: resolution the AU detector sees.
+        step: the checkpoint's training step.
+        flame_data: the head model the checkpoint was trained with.
+        config: the training run's config (plain dict).
+    """
+
+    model: torch.nn.Module
+    au_net: Optional[torch.nn.Module]
+    au_size: int
+    step: int
+    flame_data: Any
+    config: dict = field(default_factory=dict)
+
+
+def load_model(checkpoint_uri: str, options: Optional[StorageOptions] = None, flame_data: Any = None,
+               teachers_path: Optional[str] = None, fs: Any = None) -> LoadedModel:
+    """Rebuild DCNN-FLAME from a checkpoint (training.checkpoint's loader) and its AU detector.
+
+    Args:
+        checkpoint_uri: checkpoint directory or run directory (its latest checkpoint).
+        flame_data: the head model (None = built from the checkpoint's flame config).
+        teachers_path: AU detector file; None = the checkpoint's ``supervision.teachers_path``.
+    """
+    from dcnn_flame.config import FlameConfig
+    from dcnn_flame.flame.factory import load_flame_data
+    from dcnn_flame.model.build import build_model
+    from dcnn_flame.model.config import ModelConfig
+    from dcnn_flame.training.checkpoint import load_checkpoint_for_inference
+
+    state, config, step = load_checkpoint_for_inference(checkpoint_uri, options, fs)
+    known = {f for f in ModelConfig.__dataclass_fields__}
+    model_cfg = ModelConfig(**{k: v for k, v in (config.get("model") or {}).items() if k in known})
+    fknown = {f for f in FlameConfig.__dataclass_fields__}
+    flame_cfg = FlameConfig(**{k: v for k, v in (config.get("flame") or {}).items() if k in fknown})
+    data = flame_data if flame_data is not None else load_flame_data(flame_cfg)
+    model = build_model(flame_cfg, model_cfg, data)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if not k.startswith(("flame.", "renderer."))]:
+        raise ValueError(f"checkpoint {checkpoint_uri!r} does not match its own model config "
+                         f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}); was it written by "
+                         f"another version of dcnn_flame?")
+    sup = config.get("supervision") or {}
+    teachers = teachers_path or sup.get("teachers_path")
+    au_net, au_size = None, int(sup.get("teacher_image_size") or 112)
+    if teachers:
+        from dcnn_flame.supervision.bundle import load_teachers
+
+        au_net, _, _ = load_teachers(teachers, options)
+        au_net.eval()
+        au_size = int(getattr(au_net.cfg, "input_size", au_size) or au_size)
+    return LoadedModel(model=model.eval(), au_net=au_net, au_size=au_size, step=int(step), flame_data=data,
+                       config=config)
+
+
+def decode_crops(pngs: list[bytes], size: int) -> torch.Tensor:
+    """PNG/JPEG crops -> [N, 3, size, size] float in [0, 1]."""
+    from PIL import Image
+
+    arrs = []
+    for b in pngs:
+        with Image.open(io.BytesIO(b)) as im:
+            arrs.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+    x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div_(255.0)
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x
+
+
+@dataclass
+class Reconstruction:
+    """One character's reconstruction (CPU tensors).
+
+    Attributes:
+        shape: [S]; expression: [V, E]; pose: [V, 15]; albedo: [3, Ht, Wt] (view mean);
+        detail_code: [D] (view mean) or None; au: [V, 17] (NaN without a detector).
+    """
+
+    shape: torch.Tensor
+    expression: torch.Tensor
+    pose: torch.Tensor
+    albedo: torch.Tensor
+    detail_code: Optional[torch.Tensor]
+    au: torch.Tensor
+
+
+def reconstruct(loaded: LoadedModel, images: torch.Tensor, bf16: bool = False) -> list[Reconstruction]:
+    """images [B, V, 3, H, W] in [0, 1] (V views of each of B characters) -> B reconstructions."""
+    B, V = images.shape[:2]
+    flat = images.reshape(B * V, *images.shape[2:])
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and images.device.type == "cuda"
+                else contextlib.nullcontext())
+    with torch.inference_mode(), autocast:
+        out = loaded.model(images, render=False)
+        if loaded.au_net is not None:
+            s = loaded.au_size
+            x = flat if flat.shape[-1] == s else F.interpolate(flat, size=(s, s), mode="bilinear",
+                                                                align_corners=False)
+            au = loaded.au_net(x).probs.float()
+        else:
+            au = flat.new_full((B * V, 17), float("nan"))
+    res = []
+    for b in range(B):
+        sl = slice(b * V, (b + 1) * V)
+        res.append(Reconstruction(
+            shape=out.shape[b].float().cpu(), expression=out.expression[sl].float().cpu(),
+            pose=out.pose[sl].float().cpu(), albedo=out.albedo[sl].float().mean(0).cpu(),
+            detail_code=None if out.detail_code is None else out.detail_code[sl].float().mean(0).cpu(),
+            au=au[sl].float().cpu()))
+    return res
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Reconstructor:
+    """Ray Data callable class: a batch of preprocessed characters -> outputs written, status rows.
+
+    Args:
+        settings: :class:`ActorSettings`.
+        flame_data: the head model (shipped by the driver through the object store so that each
+            actor does not rebuild it); None = built from the checkpoint's flame config.
+    """
+
+    def __init__(self, settings: ActorSettings, flame_data: Any = None):
+        from dcnn_flame.generation.retarget import Retargeter, load_au_map
+        from dcnn_flame.generation.writers import CharacterWriter
+
+        self.settings = s = settings
+        self.device = _device(s.device)
+        t0 = time.perf_counter()
+        self.loaded = load_model(s.checkpoint_uri, s.storage, flame_data, s.teachers_path,
+                                 s.fs if s.checkpoint_uri.split('://')[0] == s.run_uri.split('://')[0] else None)
+        self.loaded.model.to(self.device)
+        if self.loaded.au_net is not None:
+            self.loaded.au_net.to(self.device)
+        m = self.loaded.model
+        data = self.loaded.flame_data
+        self.image_size = int(m.cfg.image_size)
+        au_map = load_au_map(data, s.au_map_path) if s.bank_names else None
+        self.retargeter = Retargeter(data, m.n_shape, m.n_expr, au_map).to(self.device)
+        self.writer = CharacterWriter(s, data, self.loaded.step, self.device)
+        self.bank_au = torch.tensor(s.bank_au, dtype=torch.float32).reshape(len(s.bank_names), 17)
+        self.perf_expr = (torch.tensor(s.performance_expression, dtype=torch.float32)
+                          if s.performance_names else None)
+        self.perf_jaw = torch.tensor(s.performance_jaw, dtype=torch.float32) if s.performance_names else None
+        self.load_s = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ helpers
+    def _detail_fn(self, rec: Reconstruction):
+        dec = getattr(self.loaded.model, "detail_decoder", None)
+        if not self.settings.bake_detail or dec is None or rec.detail_code is None:
+            return None
+        code = rec.detail_code.to(self.device)
+
+        def detail(expression: torch.Tensor, jaw: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                return dec(code[None].expand(expression.shape[0], -1), expression, jaw).float()
+
+        return detail
+
+    def _retarget(self, rec: Reconstruction):
+        """All expressions of one character: names, AU rows [K, 17], RetargetOutput."""
+        names, au_rows, exprs, jaws = [], [], [], []
+        if self.settings.bank_names:
+            e, j = self.retargeter.au_to_params(self.bank_au.to(self.device))
+            names += list(self.settings.bank_names)
+            au_rows.append(self.bank_au)
+            exprs.append(e)
+            jaws.append(j)
+        if self.perf_expr is not None:
+            names += list(self.settings.performance_names)
+            au_rows.append(torch.full((len(self.settings.performance_names), 17), float("nan")))
+            exprs.append(self.perf_expr.to(self.device))
+            jaws.append(self.perf_jaw.to(self.device))
+        expression = torch.cat(exprs) if exprs else torch.zeros(0, self.retargeter.n_expr, device=self.device)
+        jaw = torch.cat(jaws) if jaws else torch.zeros(0, 3, device=self.device)
+        with torch.inference_mode():
+            out = self.retargeter.retarget_from_performance(rec.shape.to(self.device), expression, jaw,
+                                                            self._detail_fn(rec))
+        au = torch.cat(au_rows) if au_rows else torch.zeros(0, 17)
+        return names, au, out
+
+    def _maybe_block(self) -> None:
+        """Fault injection for tests: the first actor to get here publishes its PID and waits."""
+        d = self.settings.fault_injection
+        if not d:
+            return
+        try:
+            fd = os.open(os.path.join(d, "actor_pid"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        deadline = time.time() + 120
+        while not os.path.exists(os.path.join(d, "release")) and time.time() < deadline:
+            time.sleep(0.05)
+
+    # ------------------------------------------------------------------ batch
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        status: list[dict] = [None] * len(rows)  # type: ignore[list-item]
+        groups: dict[int, list[int]] = {}
+        for i, r in enumerate(rows):
+            n = len(r["images"] or [])
+            if n == 0:
+                status[i] = self._fail_character(r, "reconstruct", "no_usable_image",
+                                                 "none of the character's images could be used (see the other "
+                                                 "failure rows of this character)")
+            else:
+                groups.setdefault(n, []).append(i)
+        for n, idx in groups.items():
+            t0 = time.perf_counter()
+            try:
+                imgs = torch.stack([decode_crops(rows[i]["images"], self.image_size) for i in idx]).to(self.device)
+                recs = reconstruct(self.loaded, imgs, self.settings.bf16)
+            except Exception as exc:  # noqa: BLE001 - a broken batch must not kill the job
+                for i in idx:
+                    status[i] = self._fail_character(rows[i], "reconstruct", "error", f"{type(exc).__name__}: {exc}")
+                continue
+            per_char_ms = (time.perf_counter() - t0) * 1000.0 / len(idx)
+            for i, rec in zip(idx, recs):
+                status[i] = self._finish_character(rows[i], rec, per_char_ms)
+        return pa.Table.from_pylist(status, schema=STATUS_SCHEMA)
+
+    def _fail_character(self, row: dict, stage: str, reason: str, detail: str) -> dict:
+        failures = json.loads(row.get("failures") or "[]")
+        failures.append({"input_uri": None, "stage": stage, "reason": reason, "detail": detail})
+        try:
+            self.writer.write_failures(row["character_id"], row["character_key"], failures)
+        except Exception:  # noqa: BLE001 - reported in the status row below
+            pass
+        return {"character_id": row["character_id"], "character_key": row["character_key"], "status": "failed",
+                "num_images": len(row.get("images") or []), "num_failures": len(failures), "num_expressions": 0,
+                "reason": reason, "reconstruct_ms": 0.0, "write_ms": 0.0}
+
+    def _finish_character(self, row: dict, rec: Reconstruction, reconstruct_ms: float) -> dict:
+        t0 = time.perf_counter()
+        try:
+            names, au, out = self._retarget(rec)
+        except Exception as exc:  # noqa: BLE001
+            return self._fail_character(row, "retarget", "error", f"{type(exc).__name__}: {exc}")
+        retarget_ms = (time.perf_counter() - t0) * 1000.0
+        failures = json.loads(row.get("failures") or "[]")
+        t1 = time.perf_counter()
+        try:
+            self.writer.write_character(row["character_id"], row["character_key"], rec, names, au, out,
+                                        failures, num_images=len(row["images"]),
+                                        timings=(reconstruct_ms + float(row.get("decode_ms") or 0.0), retarget_ms),
+                                        before_success=self._maybe_block)
+        except Exception as exc:  # noqa: BLE001
+            return self._fail_character(row, "write", "error", f"{type(exc).__name__}: {exc}")
+        return {"character_id": row["character_id"], "character_key": row["character_key"], "status": "ok",
+                "num_images": len(row["images"]), "num_failures": len(failures), "num_expressions": len(names),
+                "reason": None, "reconstruct_ms": float(reconstruct_ms),
+                "write_ms": float((time.perf_counter() - t1) * 1000.0)}

@@ -1,0 +1,280 @@
+"""Stage 3 of the generation pipeline: a character's outputs under deterministic keys.
+
+Layout and schemas: :mod:`dcnn_flame.generation.schema` (and docs/generation.md). Every file
+is written atomically (local: temp file + rename; object stores: one PUT) under a key that
+depends only on the run and the character key, so a retried or rerun character overwrites its
+own files and never duplicates them. ``_SUCCESS`` is written last: a character without it is
+incomplete and is redone by the next run.
+
+Failure tables are only rewritten when their content changed (a content hash is kept in the
+Parquet metadata), so rerunning a job whose inputs still fail rewrites nothing.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+import json
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from dcnn_flame.constants import AU_COLUMNS
+from dcnn_flame.generation.schema import FAILURES_SCHEMA, RESULTS_SCHEMA, RESULTS_SCHEMA_VERSION
+from dcnn_flame.io import storage
+
+SUCCESS = "_SUCCESS"
+_HASH_KEY = b"dcnn_flame.content_hash"
+
+
+def character_uri(run_uri: str, key: str, name: str = "") -> str:
+    """``<run>/characters/<key>[/<name>]``."""
+    return storage.join(run_uri, "characters", key, name)
+
+
+def results_uri(run_uri: str, key: str) -> str:
+    return storage.join(run_uri, "results", f"{key}.parquet")
+
+
+def failures_uri(run_uri: str, key: str) -> str:
+    return storage.join(run_uri, "failures", f"{key}.parquet")
+
+
+def table_bytes(rows: list[dict], schema: pa.Schema, content_hash: Optional[str] = None) -> bytes:
+    """Parquet bytes of ``rows`` with ``schema`` (and an optional content hash in the metadata)."""
+    meta = dict(schema.metadata or {})
+    if content_hash:
+        meta[_HASH_KEY] = content_hash.encode()
+    table = pa.Table.from_pylist(rows, schema=schema.with_metadata(meta))
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def failure_rows(run_name: str, character_id: Optional[str], key: Optional[str], failures: Sequence[dict],
+                 now: Optional[_dt.datetime] = None) -> list[dict]:
+    """FAILURES_SCHEMA rows from ``{input_uri, stage, reason, detail}`` dicts."""
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    return [{"schema_version": RESULTS_SCHEMA_VERSION, "run_name": run_name,
+             "character_id": f.get("character_id", character_id), "character_key": f.get("character_key", key),
+             "input_uri": f.get("input_uri"), "stage": f.get("stage"), "reason": f.get("reason"),
+             "detail": f.get("detail"), "created_at": now} for f in failures]
+
+
+def fs_path(uri: str, options=None, fs: Any = None) -> tuple[Any, str]:
+    """(filesystem, path) of ``uri``; ``fs`` (built on the driver, carrying its credentials, see
+    :mod:`dcnn_flame.io.arrow_fs`) is used for remote URIs when given."""
+    uri = storage.resolve(uri)
+    if fs is not None and not storage.is_local(uri):
+        return fs, uri.split("://", 1)[1]
+    return storage.get_fs(uri, options)
+
+
+def put(uri: str, data: bytes, options=None, fs: Any = None) -> str:
+    """Atomic write (local: temp + rename; object stores: one PUT); returns the resolved URI."""
+    uri = storage.resolve(uri)
+    if fs is not None and not storage.is_local(uri):
+        fs.pipe_file(uri.split("://", 1)[1], data)
+        return uri
+    return storage.atomic_write_bytes(uri, data, options)
+
+
+def remove_if_exists(uri: str, options=None, fs: Any = None) -> None:
+    f, path = fs_path(uri, options, fs)
+    if f.exists(path):
+        f.rm(path)
+
+
+def write_failures_if_changed(uri: str, run_name: str, character_id: Optional[str], key: Optional[str],
+                              failures: Sequence[dict], options=None, fs: Any = None) -> bool:
+    """Write a failures table unless the same failures are already stored there; True when written."""
+    content = json.dumps([[character_id, key, f.get("character_id"), f.get("input_uri"), f.get("stage"),
+                           f.get("reason"), f.get("detail")] for f in failures], sort_keys=True, default=str)
+    digest = hashlib.sha256(f"{run_name}\n{content}".encode()).hexdigest()
+    f_, path = fs_path(uri, options, fs)
+    if f_.exists(path):
+        try:
+            with f_.open(path, "rb") as f:
+                old = pq.read_metadata(f).metadata or {}
+            if old.get(_HASH_KEY) == digest.encode():
+                return False
+        except Exception:  # noqa: BLE001 - an unreadable old file is simply replaced
+            pass
+    put(uri, table_bytes(failure_rows(run_name, character_id, key, failures), FAILURES_SCHEMA, digest),
+        options, fs)
+    return True
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """[H, W, 3] uint8 -> PNG bytes."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG", compress_level=3)
+    return buf.getvalue()
+
+
+def albedo_png(albedo: torch.Tensor) -> bytes:
+    """[3, Ht, Wt] UV albedo in [0, 1] (row 0 = v = 1, as the renderer) -> PNG (image top = v = 1,
+    the OBJ/glTF convention after their own v flips)."""
+    arr = (albedo.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return png_bytes(arr)
+
+
+class PreviewRenderer:
+    """Renders a character's expressions frontally for the preview contact sheet.
+
+    Args:
+        data: the head model (faces, UVs).
+        size: tile side in pixels.
+        device: where to render (the actor's device: on a GPU actor previews render on the GPU).
+    """
+
+    def __init__(self, data: Any, size: int, device: Any = "cpu"):
+        from dcnn_flame.data.synthetic import sh_from_lights
+        from dcnn_flame.render import Renderer, RendererConfig
+
+        self.size = int(size)
+        self.renderer = Renderer(torch.as_tensor(np.asarray(data.faces), dtype=torch.int64),
+                                 torch.as_tensor(np.asarray(data.uv_coords), dtype=torch.float32),
+                                 torch.as_tensor(np.asarray(data.uv_faces), dtype=torch.int64),
+                                 RendererConfig(image_size=self.size)).to(device)
+        sh = sh_from_lights(np.array([0.55, 0.55, 0.55]), np.array([0.6, 0.6, 0.6]), np.array([0.3, 0.4, 1.0]))
+        self.sh = torch.from_numpy(sh.reshape(1, 27)).float().to(device)
+        self.device = torch.device(device)
+
+    def render(self, vertices: torch.Tensor, albedo: torch.Tensor) -> np.ndarray:
+        """vertices [K, V, 3] (same head pose), albedo [3, Ht, Wt] -> [K, size, size, 3] uint8."""
+        v = vertices.float().to(self.device)
+        lo, hi = v[0, :, :2].amin(0), v[0, :, :2].amax(0)
+        scale = 1.8 / float((hi - lo).max().clamp_min(1e-6))
+        centre = -0.5 * (lo + hi)
+        cam = torch.tensor([[scale, float(centre[0]), float(centre[1])]], device=self.device).expand(v.shape[0], 3)
+        bg = torch.full((v.shape[0], 3, self.size, self.size), 0.18, device=self.device)
+        with torch.inference_mode():
+            out = self.renderer(v, cam, albedo.float().to(self.device)[None], self.sh.expand(v.shape[0], 27),
+                                background=bg)
+        return (out.image.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+class CharacterWriter:
+    """Writes one character's GLB/OBJ/PNG/Parquet outputs (see the module docstring).
+
+    Args:
+        settings: :class:`dcnn_flame.generation.predictor.ActorSettings`.
+        data: the head model (faces, UVs).
+        step: the checkpoint's training step (stored in rows).
+        device: device of the preview renderer.
+    """
+
+    def __init__(self, settings: Any, data: Any, step: int, device: Any = "cpu"):
+        self.s = settings
+        self.faces = np.asarray(data.faces, dtype=np.int64)
+        self.uv_coords = None if data.uv_coords is None else np.asarray(data.uv_coords, dtype=np.float32)
+        self.uv_faces = None if data.uv_faces is None else np.asarray(data.uv_faces, dtype=np.int64)
+        self.step = int(step)
+        self.preview = (PreviewRenderer(data, settings.preview_size, device)
+                        if settings.preview and self.uv_coords is not None else None)
+
+    def write_failures(self, character_id: str, key: str, failures: Sequence[dict]) -> None:
+        write_failures_if_changed(failures_uri(self.s.run_uri, key), self.s.run_name, character_id, key,
+                                  failures, self.s.storage, self.s.fs)
+
+    def _put(self, uri: str, data: bytes) -> str:
+        return put(uri, data, self.s.storage, self.s.fs)
+
+    def write_character(self, character_id: str, key: str, rec: Any, names: list[str], au: torch.Tensor,
+                        out: Any, failures: Sequence[dict], num_images: int, timings: tuple[float, float],
+                        before_success: Optional[Callable[[], None]] = None) -> None:
+        """Write everything of one character, ``_SUCCESS`` last.
+
+        Args:
+            rec: :class:`~dcnn_flame.generation.predictor.Reconstruction`.
+            names: K expression names; au: [K, 17] their AU vectors.
+            out: :class:`~dcnn_flame.generation.retarget.RetargetOutput` with K meshes.
+            failures: image failures of this character (kept in the failures table).
+            timings: (reconstruct_ms incl. decode, retarget_ms) per character.
+            before_success: called before ``_SUCCESS`` is written (test fault injection).
+        """
+        import time
+
+        from dcnn_flame.io.gltf import glb_bytes
+        from dcnn_flame.io.meshes import mtl_bytes, obj_bytes
+
+        t0 = time.perf_counter()
+        s, run = self.s, self.s.run_uri
+        neutral = out.neutral.float().cpu().numpy()
+        meshes = out.vertices.float().cpu().numpy()
+        tex = albedo_png(rec.albedo)
+        glb_uri = character_uri(run, key, "character.glb")
+        extras = {"character_id": character_id, "run_name": s.run_name, "checkpoint": s.checkpoint_uri,
+                  "checkpoint_step": self.step, "model_version": s.model_version, "expressions": list(names)}
+        self._put(glb_uri, glb_bytes(neutral, self.faces, self.uv_coords, self.uv_faces,
+                                     morph_targets={n: meshes[k] for k, n in enumerate(names)},
+                                     texture_png=tex if self.uv_coords is not None else None,
+                                     name=key, extras=extras))
+        self._put(character_uri(run, key, "albedo.png"), tex)
+        obj_uris: dict[str, Optional[str]] = {}
+        if s.write_obj:
+            self._put(character_uri(run, key, "character.mtl"), mtl_bytes("albedo.png"))
+            for k, n in enumerate(["neutral_mesh"] + list(names)):
+                v = neutral if k == 0 else meshes[k - 1]
+                uri = character_uri(run, key, f"{storage.safe_key(n)}.obj")
+                self._put(uri, obj_bytes(v, self.faces, self.uv_coords, self.uv_faces,
+                                         material_file="character.mtl", comment=f"{character_id} {n}"))
+                obj_uris[n] = uri
+        preview_uri = None
+        if self.preview is not None:
+            from dcnn_flame.data.contact_sheet import contact_sheet
+
+            shown = list(range(min(len(names), max(0, s.preview_max - 1))))
+            verts = torch.cat([out.neutral[None].float(), out.vertices[shown].float()])
+            tiles = self.preview.render(verts, rec.albedo)
+            sheet = contact_sheet(tiles, cols=min(5, len(tiles)), labels=["reconstruction"] + [names[k] for k in shown])
+            buf = io.BytesIO()
+            sheet.save(buf, format="PNG")
+            preview_uri = character_uri(run, key, "preview.png")
+            self._put(preview_uri, buf.getvalue())
+        write_ms = (time.perf_counter() - t0) * 1000.0
+
+        now = _dt.datetime.now(_dt.timezone.utc)
+        shape = rec.shape.tolist()
+        detail = rec.detail_code.tolist() if rec.detail_code is not None else []
+        base = {"schema_version": RESULTS_SCHEMA_VERSION, "run_name": s.run_name, "character_id": character_id,
+                "character_key": key, "model_version": s.model_version, "checkpoint": s.checkpoint_uri,
+                "checkpoint_step": self.step, "num_images": int(num_images), "shape": shape, "detail_code": detail,
+                "glb_uri": glb_uri, "preview_uri": preview_uri, "reconstruct_ms": float(timings[0]),
+                "retarget_ms": float(timings[1]), "write_ms": float(write_ms), "created_at": now}
+        def _au(x: float) -> Optional[float]:
+            # Missing AU values are NULL (not NaN): SQL engines order NaN above every number.
+            return float(x) if np.isfinite(float(x)) else None
+
+        rows = []
+        # The reconstruction itself: the detector's AUs and the parameters, averaged over views.
+        rec_au = rec.au.float().nanmean(0) if rec.au.numel() else torch.full((17,), float("nan"))
+        rec_pose = rec.pose.mean(0).tolist()
+        rows.append({**base, "expression": "reconstruction", "intensity": 1.0, "source": "reconstruction",
+                     **{c: _au(rec_au[i]) for i, c in enumerate(AU_COLUMNS)},
+                     "expression_params": rec.expression.mean(0).tolist(), "pose": rec_pose,
+                     "obj_uri": obj_uris.get("neutral_mesh")})
+        perf = set(getattr(s, "performance_names", ()))
+        for k, n in enumerate(names):
+            rows.append({**base, "expression": n, "intensity": float(s.intensity if n not in perf else 1.0),
+                         "source": f"performance:{n[5:]}" if n in perf else "bank",
+                         **{c: _au(au[k, i]) for i, c in enumerate(AU_COLUMNS)},
+                         "expression_params": out.expression[k].float().cpu().tolist(),
+                         "pose": out.pose[k].float().cpu().tolist(), "obj_uri": obj_uris.get(n)})
+        self._put(results_uri(run, key), table_bytes(rows, RESULTS_SCHEMA))
+        f_uri = failures_uri(run, key)
+        if failures:
+            self.write_failures(character_id, key, failures)
+        else:  # stale rows of an earlier attempt of this character
+            remove_if_exists(f_uri, s.storage, s.fs)
+        if before_success is not None:
+            before_success()
+        self._put(character_uri(run, key, SUCCESS), json.dumps(
+            {"character_id": character_id, "expressions": len(names), "checkpoint": s.checkpoint_uri,
+             "checkpoint_step": self.step}, sort_keys=True).encode())
