@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	@touch $(STAMP)
 
 demo: install
-	$(PY) jobs/head_demo.py
+	$(PY) jobs/generate.py
 
 test: install
 	$(PY) -m pytest -q -x --timeout=900 tests
@@ -31,7 +31,7 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
 
 bench: install
-	$(PY) benchmarks/bm_flame.py
+	@for b in benchmarks/bm_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

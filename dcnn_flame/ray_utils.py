@@ -53,6 +53,7 @@ def init_ray(cfg: Optional[RayConfig] = None) -> None:
             kwargs["num_cpus"] = cfg.num_cpus
         if cfg.object_store_memory is not None:
             kwargs["object_store_memory"] = cfg.object_store_memory
-        kwargs["include_dashboard"] = False
+        # Keep Ray's default dashboard: Ray Train V2 watches its controller through the State API,
+        # which the dashboard serves (without it Train logs a warning loop).
     logger.info("ray.init(address=%r)", address)
     ray.init(address=address, **kwargs)

@@ -8,8 +8,8 @@
 
 A rerun with the same name skips complete characters. Outputs under <output_uri>/<name>/:
 characters/<key>/character.glb (+ .obj, preview.png), results/*.parquet, failures/*.parquet
-(docs/generation.md). Exit status: 0 when the job ran (failure rows are data) unless
-fail_on_errors=true; 1 when the job itself broke.
+(docs/generation.md). Exit status: 0 when the job ran (failure rows are data); 2 with
+fail_on_errors=true when anything failed; 1 when the job itself broke.
 """
 import sys
 

@@ -208,6 +208,13 @@ class SHTextureShader:
             soft_mask=soft, fragments=fragments)
 
 
+def _full_precision(t: Tensor | None) -> Tensor | None:
+    """float16/bfloat16 -> float32; anything else unchanged."""
+    if t is not None and t.dtype in (torch.float16, torch.bfloat16):
+        return t.float()
+    return t
+
+
 @dataclass
 class RendererConfig:
     """Configuration of the default :class:`Renderer`."""
@@ -295,9 +302,17 @@ class Renderer(nn.Module):
             raise ValueError(f"Renderer: vertices must be [B, V, 3], got {tuple(vertices.shape)}")
         # The inputs decide the device (a no-op when the module was moved there already).
         dev = vertices.device
-        return self.mesh_renderer(
-            vertices, self.faces.to(dev), camera, size, uv_coords=self.uv_coords.to(dev, vertices.dtype),
-            uv_faces=self.uv_faces.to(dev), albedo_map=albedo_map, sh=sh,
-            displacement_map=displacement_map, background=background)
+        # Rasterization and barycentrics need float32: bf16 NDC positions are off by about
+        # a pixel at 224 px. So half inputs (e.g. from a bf16 autocast region) are promoted
+        # and autocast is off inside; the outputs are float32.
+        vertices, albedo_map, sh, displacement_map, background = (
+            _full_precision(t) for t in (vertices, albedo_map, sh, displacement_map, background))
+        if isinstance(camera, Tensor):
+            camera = _full_precision(camera)
+        with torch.autocast(device_type=dev.type, enabled=False):
+            return self.mesh_renderer(
+                vertices, self.faces.to(dev), camera, size, uv_coords=self.uv_coords.to(dev, vertices.dtype),
+                uv_faces=self.uv_faces.to(dev), albedo_map=albedo_map, sh=sh,
+                displacement_map=displacement_map, background=background)
 
     render = forward

@@ -24,8 +24,10 @@ SMALL = SyntheticConfig(image_size=48, antialias=False, store_vertices=False)
 
 @pytest.fixture(scope="module")
 def world() -> SyntheticWorld:
-    torch.set_num_threads(1)
-    return world_for(CFG)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small renders: intra-op threads only add synchronisation
+    yield world_for(CFG)
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -84,7 +84,7 @@ def test_gradient_descent_through_the_renderer_recovers_pose_and_expression():
         photo = (img - target).abs().mean()
         landmark = ((lmk - target_lmk) ** 2).sum(-1).mean() / SIZE
         loss = photo + landmark
-        first = first if first is not None else float(loss)
+        first = first if first is not None else float(loss.detach())
         loss.backward()
         opt.step()
     seconds = time.perf_counter() - t0
@@ -96,7 +96,7 @@ def test_gradient_descent_through_the_renderer_recovers_pose_and_expression():
     vert_err = (out.vertices - target_out.vertices).norm(dim=-1)
     lmk_err = (out.landmarks - target_out.landmarks).norm(dim=-1)
     expr_rms = float((expr.detach() - expr_t).pow(2).mean().sqrt())
-    report = (f"{STEPS} steps in {seconds:.1f} s: loss {first:.4f} -> {float(loss):.5f}, rotation {rot_err:.2f} deg, "
+    report = (f"{STEPS} steps in {seconds:.1f} s: loss {first:.4f} -> {float(loss.detach()):.5f}, rotation {rot_err:.2f} deg, "
               f"jaw {jaw_err:.2f} deg, vertices mean {float(vert_err.mean()) * 1e3:.2f} mm, landmarks max "
               f"{float(lmk_err.max()) * 1e3:.2f} mm, expression rms {expr_rms:.3f}")
     print(report)

@@ -202,3 +202,19 @@ def test_renderer_input_errors(sphere):
         r(v[None], torch.tensor([[0.8, 0.0, 0.0]]), smooth_texture(), torch.zeros(1, 10))
     with pytest.raises(ValueError, match="background must be"):
         r(v[None], torch.tensor([[0.8, 0.0, 0.0]]), smooth_texture(), lights(), background=torch.zeros(1, 3, 4, 4))
+
+
+def test_half_precision_inputs_and_autocast_render_in_float32(sphere):
+    """bf16 vertices (as a bf16 autocast region produces) render like their float32 values."""
+    v, f, uv, uvf = sphere
+    r = Renderer(f, uv, uvf, RendererConfig(image_size=24))
+    cam, tex, sh = (t.bfloat16() for t in (torch.tensor([[0.7, 0.05, 0.0]]), smooth_texture(), lights()))
+    verts = v[None].bfloat16()
+    ref = r(verts.float(), cam.float(), tex.float(), sh.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = r(verts.requires_grad_(True), cam, tex, sh)
+    assert out.image.dtype == torch.float32
+    assert torch.equal(out.face_idx, ref.face_idx)
+    torch.testing.assert_close(out.image, ref.image, atol=1e-6, rtol=0)
+    out.image.mean().backward()
+    assert verts.grad is not None and torch.isfinite(verts.grad).all()

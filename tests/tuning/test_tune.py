@@ -231,3 +231,20 @@ def test_grid_search_interrupted_and_resumed_writes_table_and_heatmap(ray_local,
     job.resume, job.train.trainer.num_workers = True, 0
     with pytest.raises(ValueError, match="num_workers"):
         run(job, toy_factory)
+
+
+def test_the_ablation_search_uses_the_model_ablation_switches():
+    """configs/search/ablation.yaml and dcnn_flame.model.config.ABLATIONS must not drift apart."""
+    import yaml
+
+    from dcnn_flame.model.config import ABLATIONS
+
+    path = os.path.join(os.path.dirname(os.path.dirname(HERE)), "configs", "search", "ablation.yaml")
+    variants = yaml.safe_load(open(path))["variants"]
+    same = {"full": "full", "wo_expr_wo_au": "wo_expr_wo_au", "w_expr_wo_au": "wo_au", "wo_expr_w_au": "wo_expr",
+            "wo_style": "wo_style", "wo_id_encoder": "wo_id_encoder", "wo_multiscale_fusion": "wo_multiscale_fusion"}
+    assert set(variants) == set(same)
+    for name, ours in variants.items():
+        model_kw, loss_kw = ABLATIONS[same[name]]
+        want = {**{f"model.{k}": v for k, v in model_kw.items()}, **{f"loss.{k}": v for k, v in loss_kw.items()}}
+        assert ours == want, name
