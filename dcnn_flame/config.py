@@ -722,7 +722,7 @@ class TuneJobConfig:
     """Constant added to the score (0.5 makes the default exactly 0.5 (1 - F1) + 0.5 nonmetric)."""
     table_metrics: List[str] = field(default_factory=lambda: [
         "val/accuracy", "val/macro_f1", "val/vertex_error_mm", "val/ssim", "val/aumr", "val/l_eval",
-        "val/nonmetric", "val/mean_face_error_mm"])
+        "val/nonmetric", "val/mean_face_error_mm", "val/vertex_error_aligned_mm", "val/mean_face_error_aligned_mm"])
     """Metrics in the results table and plots (those a trial did not report are left out)."""
     plot_metric: Optional[str] = None
     """Metric of the heat map / bar chart (None = the score)."""

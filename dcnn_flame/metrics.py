@@ -41,6 +41,40 @@ def mean_vertex_error(pred: Tensor, gt: Tensor, scale_to_mm: bool = False, verte
     return err * 1000.0 if scale_to_mm else err
 
 
+def similarity_align(pred: Tensor, gt: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Least-squares similarity transform (scale, rotation, translation) of ``pred`` onto ``gt``
+    (Umeyama 1991), applied to ``pred``: the rigid-with-scale alignment of the NoW / REALY
+    face-reconstruction benchmarks.
+
+    An orthographic camera cannot tell a larger head seen from further away from a smaller
+    one, and the first FLAME shape components are largely a change of size, so Eq. 15 on
+    unaligned meshes mixes that unobservable size into the error; the aligned error does not.
+
+    Args:
+        pred, gt: [B, V, 3] corresponding vertices.
+        weights: optional [V] non-negative weights of the vertices in the fit.
+    Returns: [B, V, 3] ``s R pred + t`` minimising sum_v w_v ||s R p_v + t - g_v||^2, R a
+    proper rotation (det +1).
+    """
+    if pred.shape != gt.shape or pred.ndim != 3 or pred.shape[-1] != 3:
+        raise ValueError(f"pred and gt must both be [B, V, 3], got {tuple(pred.shape)} and {tuple(gt.shape)}")
+    p, g = pred.double(), gt.double()
+    w = (torch.ones(p.shape[1], dtype=p.dtype, device=p.device) if weights is None
+         else weights.to(p.device, p.dtype))
+    w = (w / w.sum().clamp_min(torch.finfo(p.dtype).tiny))[None, :, None]  # [1, V, 1]
+    mp, mg = (w * p).sum(1, keepdim=True), (w * g).sum(1, keepdim=True)
+    pc, gc = p - mp, g - mg
+    cov = (w * gc).transpose(1, 2) @ pc  # [B, 3, 3] = sum w g p^T
+    u, sv, vh = torch.linalg.svd(cov)
+    d = torch.ones_like(sv)
+    d[:, 2] = torch.sign(torch.linalg.det(u @ vh))
+    rot = u @ torch.diag_embed(d) @ vh
+    var_p = (w * pc.square()).sum((1, 2))
+    scale = (sv * d).sum(1) / var_p.clamp_min(torch.finfo(p.dtype).tiny)
+    out = scale[:, None, None] * pc @ rot.transpose(1, 2) + mg
+    return out.to(pred.dtype)
+
+
 def mean_face_vertex_error(gt_vertices: Tensor, template: Tensor, scale_to_mm: bool = False,
                            vertex_mask: Tensor | None = None) -> Tensor:
     """Baseline: Eq. 15 of the mean face (FLAME template) against every ground truth.

@@ -19,6 +19,7 @@ from dcnn_flame.metrics import (
     macro_f1,
     mean_face_vertex_error,
     mean_vertex_error,
+    similarity_align,
     ssim,
 )
 
@@ -68,6 +69,52 @@ def naive_ssim(x, y, win=11, sigma=1.5, data_range=1.0):
                 vals.append(((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2)))
         per_channel.append(sum(vals) / len(vals))
     return sum(per_channel) / chans
+
+
+def _rotation(rotvec):
+    from scipy.spatial.transform import Rotation
+
+    return torch.from_numpy(Rotation.from_rotvec(rotvec).as_matrix())
+
+
+def test_similarity_align_recovers_a_known_transform_and_keeps_handedness():
+    g = torch.Generator().manual_seed(1)
+    gt = torch.randn(3, 40, 3, generator=g, dtype=torch.float64)
+    rots = [_rotation([0.3, -1.2, 0.5]), _rotation([2.5, 0.1, -0.4]), torch.eye(3, dtype=torch.float64)]
+    scales, shifts = [0.5, 2.0, 1.0], torch.randn(3, 1, 3, generator=g, dtype=torch.float64)
+    # pred = (R^T (gt - t)) / s, so s R pred + t = gt exactly
+    pred = torch.stack([(rots[b].T @ (gt[b] - shifts[b]).T).T / scales[b] for b in range(3)])
+    torch.testing.assert_close(similarity_align(pred, gt), gt)
+    # a mirror image cannot be aligned by a proper rotation: the error stays large
+    mirrored = gt * torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)
+    assert mean_vertex_error(similarity_align(mirrored, gt), gt).min() > 0.1
+    # alignment never makes the error worse than no alignment
+    noisy = gt + 0.3 * torch.randn(gt.shape, generator=g, dtype=torch.float64)
+    assert (mean_vertex_error(similarity_align(noisy, gt), gt) <= mean_vertex_error(noisy, gt) + 1e-12).all()
+
+
+def test_similarity_align_matches_a_numerical_least_squares_fit():
+    from scipy.optimize import minimize
+
+    g = torch.Generator().manual_seed(2)
+    gt = torch.randn(1, 25, 3, generator=g, dtype=torch.float64)
+    pred = 0.7 * gt @ _rotation([0.2, 0.4, -0.1]) + 0.2 + 0.05 * torch.randn(gt.shape, generator=g,
+                                                                              dtype=torch.float64)
+    w = torch.rand(25, generator=g, dtype=torch.float64)
+    w[:5] = 0  # zero-weight vertices take no part in the fit
+    p, t, wn = pred[0].numpy(), gt[0].numpy(), w.numpy()
+
+    def energy(x):  # naive: sum_v w_v ||s R(rotvec) p_v + t - g_v||^2 over 7 numbers
+        return float((wn * (((x[0] * (_rotation(x[1:4]).numpy() @ p.T)).T + x[4:7] - t) ** 2).sum(1)).sum())
+
+    best = min((minimize(energy, x0, method="BFGS", options={"gtol": 1e-10}) for x0 in
+                ([1, 0, 0, 0, 0, 0, 0], [1.4, 0.1, 0.1, 0.1, 0, 0, 0])), key=lambda r: r.fun)
+    ours = similarity_align(pred, gt, weights=w)[0].numpy()
+    ours_energy = float((wn * ((ours - t) ** 2).sum(1)).sum())
+    assert ours_energy <= best.fun + 1e-9
+    assert ours_energy == pytest.approx(best.fun, rel=1e-6)
+    ref = (best.x[0] * (_rotation(best.x[1:4]).numpy() @ p.T)).T + best.x[4:7]
+    assert abs(ours - ref).max() < 1e-4
 
 
 def test_ssim_matches_naive_windows():

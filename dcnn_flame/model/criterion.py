@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 CONTENT_LAYER = "conv4_2"
+#: columns of the eye rotations (right, left) in the [N, 15] FLAME pose vector
+EYE_POSE = slice(9, 15)
 
 
 def landmarks5_from_68(lmk: Tensor) -> Tensor:
@@ -168,6 +170,8 @@ class Criterion(nn.Module):
             terms["shape_reg"] = code_l2(outputs.shape)
         if "expr_reg" in a:
             terms["expr_reg"] = code_l2(outputs.expression)
+        if "eye_pose_reg" in a:
+            terms["eye_pose_reg"] = code_l2(outputs.pose[:, EYE_POSE])
         if "detail_reg" in a and outputs.displacement is not None:
             terms["detail_reg"] = displacement_l1(outputs.displacement)
         elif "detail_reg" in a:

@@ -4,7 +4,10 @@ Geometry is compared in the *canonical* frame: FLAME(shape, expression, jaw, eye
 global and neck rotations zeroed, so the vertex error measures identity + expression and
 not head pose (which the orthographic camera makes ambiguous up to scale). The FLAME
 mean-face baseline (the template with the ground-truth pose applied the same way, i.e. the
-plain template) is reported next to it.
+plain template) is reported next to it. Both are also reported after a least-squares
+similarity alignment to the ground truth (``*_aligned_mm``, the NoW/REALY protocol): an
+orthographic image does not determine the absolute size of a head, and the first shape
+components of FLAME are largely a change of size.
 """
 from __future__ import annotations
 
@@ -77,6 +80,12 @@ class Evaluator:
             template = self.flame.v_template.to(dev)
             out["vertex_error_mm"] = M.mean_vertex_error(pred_v, gt_v, scale_to_mm=True).mean().item()
             out["mean_face_error_mm"] = M.mean_face_vertex_error(gt_v, template, scale_to_mm=True).mean().item()
+            # the same after a similarity alignment (size is unobservable with an orthographic camera)
+            out["vertex_error_aligned_mm"] = M.mean_vertex_error(M.similarity_align(pred_v, gt_v), gt_v,
+                                                                 scale_to_mm=True).mean().item()
+            mean_face = template.to(gt_v.dtype).expand_as(gt_v)
+            out["mean_face_error_aligned_mm"] = M.mean_vertex_error(M.similarity_align(mean_face, gt_v), gt_v,
+                                                                    scale_to_mm=True).mean().item()
         lmk = batch.get("landmarks")
         if lmk is not None and outputs.landmarks2d is not None:
             from dcnn_flame.render.camera import to_pixels

@@ -449,7 +449,8 @@ def test_loss_weights_defaults_and_active_terms():
     assert (w.content, w.style) == (0.7, 0.3)
     assert "feedback_au_lambda" not in TERM_NAMES and "feedback_expr_lambda" not in TERM_NAMES
     assert set(TERM_NAMES) == {"landmark", "photometric", "content", "style", "expression", "au", "feedback", "mmd",
-                               "shape_reg", "expr_reg", "detail_reg", "shape_consistency", "style_consistency"}
+                               "shape_reg", "expr_reg", "eye_pose_reg", "detail_reg", "shape_consistency",
+                               "style_consistency"}
     act = active_terms(w)
     assert "mmd" not in act and "style_consistency" not in act and "au" in act
     assert active_terms(LossWeights(au=0.0, feedback=0.0)) == tuple(n for n in act if n not in ("au", "feedback"))
@@ -461,7 +462,8 @@ def test_loss_weights_defaults_and_active_terms():
 
 def test_combine_weights_and_sums_eq13():
     w = LossWeights(landmark=1.0, photometric=0.0, content=0.7, style=0.3, expression=0.5, au=0.25, feedback=0.0,
-                    mmd=0.0, shape_reg=0.0, expr_reg=0.0, detail_reg=0.0, shape_consistency=0.0, style_consistency=0.0)
+                    mmd=0.0, shape_reg=0.0, expr_reg=0.0, eye_pose_reg=0.0, detail_reg=0.0, shape_consistency=0.0,
+                    style_consistency=0.0)
     x = torch.tensor(2.0, requires_grad=True)
     terms = {"landmark": x, "content": x * 3, "style": x * 5, "expression": x * 7, "au": x * 11,
              "photometric": torch.tensor(float("nan"))}  # zero weight: ignored even if present

@@ -132,3 +132,21 @@ def test_ablation_switches_cover_figure_9():
     assert not m.use_detail and w.detail_reg == 0
     with pytest.raises(ValueError, match="wo_expr"):
         apply_ablation("wo_everything", ModelConfig(), LossWeights())
+
+
+def test_eye_pose_regulariser_is_the_squared_norm_of_the_eye_rotations_only():
+    torch.manual_seed(0)
+    only_eyes = {n: 0.0 for n in ("landmark", "photometric", "content", "style", "expression", "au", "feedback",
+                                  "shape_reg", "expr_reg", "detail_reg", "shape_consistency")}
+    parts = _task({"use_detail": False}, {**only_eyes, "eye_pose_reg": 0.5}).build(torch.device("cpu"))
+    out = parts.model(_batch()["images"])
+    pose = out.pose.detach().clone().requires_grad_(True)
+    out = dataclasses.replace(out, pose=pose)
+    with torch.no_grad():
+        pose[:, 9:] += torch.linspace(-0.4, 0.4, pose[:, 9:].numel()).view_as(pose[:, 9:])
+    terms = parts.criterion(out, _batch())
+    assert set(terms) == {"eye_pose_reg", "total"}
+    naive = sum(float(sum(v * v for v in row[9:15].tolist())) for row in pose) / pose.shape[0]
+    assert terms["eye_pose_reg"].item() == pytest.approx(0.5 * naive, rel=1e-5)
+    terms["total"].backward()
+    assert pose.grad[:, :9].abs().max() == 0 and pose.grad[:, 9:].abs().max() > 0
