@@ -1,0 +1,190 @@
+"""Does the AU detector see the expressions the batch job retargets?
+
+For each expression of a bank, the retargeted mesh of a synthetic character is rendered
+frontally (framed like the synthetic world's training images) next to the same character's
+neutral mesh, and the AU detector's response (expression minus neutral) must rank the
+expression's intended AUs (its non-zero profile entries) highest.
+
+This is the check of the batch-generation issue; it is only as good as the detector: run it
+with teachers trained by ``jobs/train_supervision.py`` on a large synthetic set.
+
+    python -m dcnn_flame.generation.au_check --teachers teachers.pt [--identities 3] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dcnn_flame.constants import AU_IDS, NUM_AUS
+from dcnn_flame.generation.emotions import ExpressionBank
+
+
+@dataclass
+class AURank:
+    """One expression of one character.
+
+    Attributes:
+        character: index of the synthetic character.
+        expression: bank name.
+        intended: AU numbers with a non-zero profile entry (e.g. [6, 12] for happy).
+        top: the detector's len(intended) highest-responding AU numbers, highest first.
+        hits: how many of ``intended`` are in ``top``.
+        exact: ``top`` is exactly the intended set.
+        response: [17] detector response, expression minus neutral, in AU_IDS order.
+    """
+
+    character: int
+    expression: str
+    intended: list[int]
+    top: list[int]
+    hits: int
+    exact: bool
+    response: list[float]
+
+
+def rank_intended_aus(response: np.ndarray, bank: ExpressionBank, character: int = 0) -> list[AURank]:
+    """Compare the detector's responses with the bank's profiles.
+
+    Args:
+        response: [K, 17] detector activation of each expression minus that of the neutral
+            face, rows in ``bank.names`` order.
+        bank: the expression bank (profiles [K, 17]).
+        character: index stored in the results.
+    Returns: one :class:`AURank` per expression with at least one intended AU (a neutral
+        profile has nothing to rank and is left out).
+    """
+    response = np.asarray(response, dtype=np.float64)
+    profiles = bank.matrix()
+    if response.shape != profiles.shape:
+        raise ValueError(f"response must be [K, {NUM_AUS}] = {profiles.shape} (one row per bank expression), "
+                         f"got {response.shape}")
+    out = []
+    for k, name in enumerate(bank.names):
+        intended = np.flatnonzero(profiles[k] > 0)
+        if intended.size == 0:
+            continue
+        # stable sort: ties keep AU order, so the result is deterministic
+        order = np.argsort(-response[k], kind="stable")[: intended.size]
+        hits = len(set(order.tolist()) & set(intended.tolist()))
+        out.append(AURank(character=character, expression=name, intended=[AU_IDS[i] for i in intended],
+                          top=[AU_IDS[i] for i in order], hits=hits, exact=hits == intended.size,
+                          response=[float(x) for x in response[k]]))
+    return out
+
+
+def render_bank(world, character: int, bank: ExpressionBank, retargeter, seed: int = 0,
+                fill: float = 0.72) -> Tensor:
+    """Frontal renders of a synthetic character's neutral face and its bank expressions.
+
+    The meshes come from the batch job's :class:`~dcnn_flame.generation.retarget.Retargeter`
+    (the character's shape, the bank's AUs through the AU map); framing, albedo, light and
+    background follow the synthetic world (the landmark box of the neutral face fills
+    ``fill`` of the image; the same camera for every expression, so only the face moves).
+
+    Args:
+        world: a :class:`~dcnn_flame.data.synthetic.SyntheticWorld` (its head model must be the
+            retargeter's).
+        character: identity index in the world ``seed``.
+        bank: expressions to render.
+        retargeter: built on the world's head with its AU map.
+    Returns: [K + 1, 3, S, S] images in [0, 1], row 0 the neutral face (S = world image size).
+    """
+    params = world.sample(seed, character)
+    n_shape = retargeter.n_shape
+    shape = torch.zeros(n_shape)
+    k = min(n_shape, params.shape.shape[0])
+    shape[:k] = torch.from_numpy(params.shape[:k]).float()
+    with torch.no_grad():
+        out = retargeter.retarget_bank(shape, torch.from_numpy(bank.matrix()).float())
+        verts = torch.cat([out.neutral[None], out.vertices])  # [K + 1, V, 3]
+        neutral_lmk = retargeter.flame(shape=shape[None]).landmarks[0, :, :2]
+        lo, hi = neutral_lmk.amin(0), neutral_lmk.amax(0)
+        scale = 2.0 * fill / float((hi - lo).max())
+        n = verts.shape[0]
+        camera = torch.cat([torch.full((1,), scale), -0.5 * (lo + hi)])[None].expand(n, 3)
+        sh = torch.from_numpy(params.light[:1].reshape(1, -1)).float().expand(n, -1)
+        bg = torch.from_numpy(params.background[:1]).permute(0, 3, 1, 2).float().expand(n, -1, -1, -1)
+        image = world.renderer(verts, camera, world.albedo_map(torch.from_numpy(params.albedo)), sh,
+                               background=bg.contiguous()).image
+    return image.clamp(0.0, 1.0)
+
+
+def detector_response(au_net, images: Tensor) -> np.ndarray:
+    """[K + 1, 3, S, S] (row 0 neutral) -> [K, 17] activation minus the neutral's (eval mode)."""
+    was_training = au_net.training
+    au_net.eval()
+    try:
+        with torch.no_grad():
+            probs = au_net(images).probs.double().cpu().numpy()
+    finally:
+        au_net.train(was_training)
+    return probs[1:] - probs[:1]
+
+
+def check_detector(au_net, world, bank: ExpressionBank, retargeter, characters: Sequence[int],
+                   seed: int = 0) -> list[AURank]:
+    """:func:`rank_intended_aus` for each character (see :func:`render_bank`)."""
+    results: list[AURank] = []
+    for c in characters:
+        results += rank_intended_aus(detector_response(au_net, render_bank(world, c, bank, retargeter, seed)),
+                                     bank, character=int(c))
+    return results
+
+
+def summarize(results: Sequence[AURank]) -> dict:
+    """Exact top sets, intended-AU recall, per expression."""
+    per: dict[str, list[AURank]] = {}
+    for r in results:
+        per.setdefault(r.expression, []).append(r)
+    return {
+        "exact": sum(r.exact for r in results), "cases": len(results),
+        "recall": (sum(r.hits for r in results) / max(sum(len(r.intended) for r in results), 1)),
+        "per_expression": {k: {"exact": sum(r.exact for r in v), "cases": len(v),
+                               "recall": sum(r.hits for r in v) / sum(len(r.intended) for r in v)}
+                           for k, v in per.items()},
+    }
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from dcnn_flame.config import SyntheticConfig
+    from dcnn_flame.data.synthetic import world_for
+    from dcnn_flame.generation import emotions
+    from dcnn_flame.generation.retarget import Retargeter, load_au_map
+    from dcnn_flame.supervision.bundle import load_teachers
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--teachers", required=True, help="teachers file of jobs/train_supervision.py (path or URI)")
+    p.add_argument("--identities", type=int, default=3, help="synthetic characters to check")
+    p.add_argument("--seed", type=int, default=7, help="synthetic world seed of the characters")
+    p.add_argument("--bank", default=None, help="expression bank YAML (default: the built-in bank)")
+    p.add_argument("--json", default=None, help="also write every result and the summary here")
+    a = p.parse_args(argv)
+    au_net, _, meta = load_teachers(a.teachers)
+    size = int(getattr(au_net.cfg, "input_size", 112))
+    world = world_for(SyntheticConfig(image_size=size))
+    bank = emotions.load_bank(a.bank) if a.bank else emotions.default_bank()
+    head = world.data
+    retargeter = Retargeter(head, n_shape=world.cfg.n_shape, n_expr=world.cfg.n_expr, au_map=load_au_map(head))
+    results = check_detector(au_net, world, bank, retargeter, range(a.identities), seed=a.seed)
+    summary = summarize(results)
+    for r in results:
+        print(f"character {r.character} {r.expression:16s} intended {r.intended} detector top {r.top} "
+              f"({r.hits}/{len(r.intended)})")
+    print(f"[au_check] exact top sets {summary['exact']}/{summary['cases']}, intended-AU recall "
+          f"{summary['recall']:.2f} ({a.teachers})")
+    if a.json:
+        from dcnn_flame.io.storage import atomic_write_bytes
+
+        atomic_write_bytes(a.json, json.dumps({"summary": summary, "results": [asdict(r) for r in results]},
+                                              indent=1).encode())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

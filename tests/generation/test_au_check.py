@@ -1,0 +1,98 @@
+"""The detector-based retargeting check (dcnn_flame.generation.au_check): ranking logic against a
+naive loop, frontal renders of the bank, and the command line on a teachers file."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dcnn_flame.constants import AU_IDS, NUM_AUS
+from dcnn_flame.generation import emotions
+from dcnn_flame.generation.au_check import main, rank_intended_aus, render_bank, summarize
+
+SIZE = 64
+
+
+def _naive(response, profiles, names):
+    out = []
+    for k, name in enumerate(names):
+        intended = [i for i in range(NUM_AUS) if profiles[k][i] > 0]
+        if not intended:
+            continue
+        # selection by repeated arg-max, ties to the lower index
+        left, top = list(range(NUM_AUS)), []
+        for _ in intended:
+            best = max(left, key=lambda i: (response[k][i], -i))
+            top.append(best)
+            left.remove(best)
+        out.append((name, [AU_IDS[i] for i in intended], [AU_IDS[i] for i in top],
+                    len(set(top) & set(intended))))
+    return out
+
+
+def test_ranking_matches_a_naive_loop_and_the_extremes():
+    bank = emotions.default_bank()
+    prof = bank.matrix()
+    rng = np.random.default_rng(0)
+    for response in (rng.standard_normal(prof.shape), np.round(rng.standard_normal(prof.shape), 1)):
+        got = rank_intended_aus(response, bank, character=5)
+        want = _naive(response.tolist(), prof.tolist(), bank.names)
+        assert [(r.expression, r.intended, r.top, r.hits) for r in got] == want
+        assert all(r.character == 5 and r.exact == (r.hits == len(r.intended)) for r in got)
+    named = [n for n in bank.names if (bank.vector(n) > 0).any()]
+    perfect = rank_intended_aus(prof + 0.01 * rng.random(prof.shape), bank)
+    assert [r.expression for r in perfect] == named and all(r.exact for r in perfect)
+    assert all(r.hits == 0 for r in rank_intended_aus(-prof, bank) if len(r.intended) <= NUM_AUS // 2)
+    s = summarize(perfect)
+    assert (s["exact"], s["cases"], s["recall"]) == (len(named), len(named), 1.0)
+    with pytest.raises(ValueError, match="one row per bank expression"):
+        rank_intended_aus(prof[:3], bank)
+
+
+@pytest.fixture(scope="module")
+def world_and_retargeter():
+    from dcnn_flame.config import SyntheticConfig
+    from dcnn_flame.data.synthetic import world_for
+    from dcnn_flame.generation.retarget import Retargeter, load_au_map
+
+    world = world_for(SyntheticConfig(image_size=SIZE))
+    return world, Retargeter(world.data, n_shape=world.cfg.n_shape, n_expr=world.cfg.n_expr,
+                             au_map=load_au_map(world.data))
+
+
+def test_bank_renders_move_the_face_only_where_the_expression_acts(world_and_retargeter):
+    world, retargeter = world_and_retargeter
+    bank = emotions.default_bank()
+    images = render_bank(world, 0, bank, retargeter, seed=7)
+    names = list(bank.names)
+    assert images.shape == (len(names) + 1, 3, SIZE, SIZE)
+    assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
+    # the bank's neutral is the character's neutral; deterministic
+    torch.testing.assert_close(images[1 + names.index("neutral")], images[0])
+    torch.testing.assert_close(render_bank(world, 0, bank, retargeter, seed=7), images)
+    # surprise opens the jaw: the lower face changes, the background corners do not
+    diff = (images[1 + names.index("surprise")] - images[0]).abs().mean(0)
+    assert float(diff[SIZE // 2:, SIZE // 4: -SIZE // 4].mean()) > 0.02
+    assert float(diff[-6:, :6].max()) < 1e-6 and float(diff[-6:, -6:].max()) < 1e-6
+    # another character looks different
+    assert float((render_bank(world, 1, bank, retargeter, seed=7)[0] - images[0]).abs().mean()) > 0.02
+
+
+def test_command_line_on_a_teachers_file(tmp_path, world_and_retargeter, capsys):
+    from dcnn_flame.supervision.au import AUDetector, AUDetectorConfig
+    from dcnn_flame.supervision.bundle import teachers_to_bytes
+    from dcnn_flame.supervision.expression import ExpressionClassifier, ExpressionClassifierConfig
+
+    torch.manual_seed(0)
+    path = tmp_path / "teachers.pt"
+    path.write_bytes(teachers_to_bytes(AUDetector(AUDetectorConfig(input_size=SIZE)),
+                                       ExpressionClassifier(ExpressionClassifierConfig(input_size=SIZE))))
+    out = tmp_path / "check.json"
+    assert main(["--teachers", str(path), "--identities", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    named = [n for n in emotions.default_bank().names if (emotions.default_bank().vector(n) > 0).any()]
+    assert report["summary"]["cases"] == len(named) == len(report["results"])
+    assert 0.0 <= report["summary"]["recall"] <= 1.0
+    assert "[au_check] exact top sets" in capsys.readouterr().out
