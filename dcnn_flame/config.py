@@ -293,6 +293,13 @@ class SyntheticConfig:
     """Standard deviation of the Gaussian noise added to every AU (then clipped to [0, 1])."""
     neutral_au_noise: float = 0.05
     """The same for class neutral (its prototype is all zeros)."""
+    free_au_fraction: float = 0.0
+    """Fraction of views whose 17 AUs are drawn independently of any class (each AU active with
+    probability free_au_rate, at an intensity uniform in au_intensity); their expression_class is
+    -1 (missing). Class prototypes tie AUs together (AU6 comes with AU12, AU25 with AU26); free
+    views decorrelate them, which an AU detector needs to tell them apart. 0 = every view has a class."""
+    free_au_rate: float = 0.3
+    """Probability that an AU is active in a free-AU view."""
     expr_noise: float = 0.3
     """Standard deviation of the expression components beyond the 17 AU components."""
     face_fill: list[float] = field(default_factory=lambda: [0.65, 0.8])
@@ -636,6 +643,9 @@ class SupervisionTrainConfig:
     """Images per forward pass when evaluating val/test."""
     lr: float = 1e-4
     """Adam learning rate of both networks (paper: 1e-4)."""
+    lr_schedule: str = "constant"
+    """"constant" (paper) or "cosine": epoch e of E trains at lr * (1 + cos(pi (e - 1) / E)) / 2,
+    which lets a short run settle (useful with a larger lr on a small machine)."""
     weight_decay: float = 0.0
     """Adam L2 penalty (the paper gives none)."""
     seed: int = 42

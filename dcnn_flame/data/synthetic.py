@@ -74,6 +74,7 @@ SOURCE = "synthetic"
 _IDENTITY_STREAM = 0
 _VIEW_STREAM = 1
 _BACKGROUND_STREAM = 2
+_FREE_AU_STREAM = 3
 
 
 def identity_name(seed: int, index: int) -> str:
@@ -177,7 +178,8 @@ class IdentityParams:
         identity: :func:`identity_name`.
         shape: [S] identity shape code.
         albedo: [K] albedo code.
-        expression_class: [V] int64 AffectNet-8 class.
+        expression_class: [V] int64 AffectNet-8 class; -1 for a free-AU view (no class, see
+            ``SyntheticConfig.free_au_fraction``).
         au: [V, 17] float32 AU intensities in [0, 1] (exactly what drives the face).
         expr_extra: [V, E - 17] expression components beyond the AU ones.
         jaw_noise: [V, 3] axis-angle added to the AU map's jaw rotation.
@@ -323,6 +325,9 @@ class SyntheticWorld:
             raise ValueError(f"synthetic.n_expr={cfg.n_expr} but the 17 AU components need n_expr >= {NUM_AUS}")
         self.num_views = int(num_views)
         self.au_range = _range(cfg.au_intensity, "au_intensity")
+        if not 0.0 <= cfg.free_au_fraction <= 1.0 or not 0.0 < cfg.free_au_rate <= 1.0:
+            raise ValueError(f"synthetic.free_au_fraction must be in [0, 1] and free_au_rate in (0, 1], got "
+                             f"{cfg.free_au_fraction} and {cfg.free_au_rate}")
         self.fill_range = _range(cfg.face_fill, "face_fill")
         self.ambient_range = _range(cfg.ambient, "ambient")
         self.light_range = _range(cfg.directional, "directional")
@@ -393,6 +398,13 @@ class SyntheticWorld:
                 au[v] = np.clip(noise * cfg.neutral_au_noise, 0.0, 1.0)
             else:
                 au[v] = np.clip(self.prototypes[c] * scale + noise * cfg.au_noise, 0.0, 1.0)
+            if cfg.free_au_fraction > 0.0:
+                # own stream: worlds without free-AU views draw exactly what they always drew
+                f = np.random.default_rng([seed, index, _FREE_AU_STREAM, v])
+                if f.random() < cfg.free_au_fraction:
+                    active = f.random(NUM_AUS) < cfg.free_au_rate
+                    au[v] = np.where(active, f.uniform(*self.au_range, NUM_AUS), 0.0)
+                    c = -1
             classes[v] = c
             extra[v] = r.standard_normal(cfg.n_expr - NUM_AUS) * cfg.expr_noise
             jaw[v] = np.deg2rad(r.standard_normal(3) * cfg.jaw_noise_deg)

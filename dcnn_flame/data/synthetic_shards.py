@@ -216,7 +216,8 @@ def _iter_process(todo: list[ShardSpec], job: GeneratorJob, workers: int):
             yield fut.result()
 
 
-def _iter_ray(todo: list[ShardSpec], job: GeneratorJob, workers: int, progress: bool):
+def _iter_ray(todo: list[ShardSpec], job: GeneratorJob, workers: int, progress: bool,
+              stall_timeout_s: Optional[float] = None):
     import ray
 
     items = [asdict(s) for s in todo]
@@ -225,6 +226,9 @@ def _iter_ray(todo: list[ShardSpec], job: GeneratorJob, workers: int, progress: 
                         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers, initial_size=workers),
                         num_cpus=1)
     ds.context.enable_progress_bars = bool(progress)
+    if stall_timeout_s is not None:
+        # a shard of large images on a busy machine can take minutes with nothing else moving
+        ds.context.execution_no_progress_timeout_s = float(stall_timeout_s)
     for row in ds.iter_rows():
         yield json.loads(row["record"])
 
@@ -296,6 +300,7 @@ def write_synthetic_shards(
     parallel: str = "auto",
     progress: bool = True,
     contact_sheet_samples: int = 6,
+    stall_timeout_s: Optional[float] = None,
 ) -> SyntheticRun:
     """Generate the synthetic world as Parquet shards under ``output_uri`` (see the module docstring).
 
@@ -313,6 +318,8 @@ def write_synthetic_shards(
             (Ray if it is initialised, else processes when more than one worker and shard).
         progress: tqdm bar over shards.
         contact_sheet_samples: identities on ``contact_sheet.png`` (0 = no sheet).
+        stall_timeout_s: with Ray, fail when no shard finishes for this long (Ray Data's
+            no-progress timeout for this job; None = the process-wide setting).
 
     Returns:
         :class:`SyntheticRun` (its ``manifest`` is what manifest.json holds).
@@ -351,7 +358,7 @@ def write_synthetic_shards(
 
             init_ray()
             workers = num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-            it = _iter_ray(todo, job, max(1, min(workers, len(todo))), progress)
+            it = _iter_ray(todo, job, max(1, min(workers, len(todo))), progress, stall_timeout_s)
         elif parallel == "process":
             workers = num_workers or os.cpu_count() or 1
             it = _iter_process(todo, job, max(1, min(workers, len(todo))))
@@ -414,7 +421,7 @@ def prepare(cfg) -> Any:
         out, num_identities=cfg.synthetic.num_identities, rows_per_shard=cfg.rows_per_shard, seed=cfg.seed,
         num_views=cfg.num_views, val_fraction=cfg.val_fraction, storage_options=storage_options(cfg),
         num_workers=cfg.num_workers, world=cfg.synthetic, parallel="ray", progress=cfg.progress,
-        contact_sheet_samples=cfg.contact_sheet_samples)
+        contact_sheet_samples=cfg.contact_sheet_samples, stall_timeout_s=cfg.stall_timeout_s)
     summary = PrepareSummary(
         output_uri=out, shards_total=run.shards_total, shards_written=run.shards_written,
         shards_skipped=run.shards_skipped, shards_failed=0, rows=sum(run.manifest["rows"].values()),

@@ -264,8 +264,12 @@ def metrics_uri_of(output_uri: str) -> str:
 def fit(au_net: AUDetector, expr_net: ExpressionClassifier, store: ImageStore, train_pos: np.ndarray,
         val_pos: np.ndarray, *, epochs: int, batch_size: int, eval_batch_size: int, lr: float,
         weight_decay: float, pos_weight: Tensor, seed: int, augment: Optional[dict], threshold: float,
-        eps: float, val_baseline: Optional[dict] = None) -> tuple[dict[str, int], list[dict]]:
+        eps: float, val_baseline: Optional[dict] = None,
+        lr_schedule: str = "constant") -> tuple[dict[str, int], list[dict]]:
     """Train both networks for ``epochs`` (Adam each), evaluating on ``val_pos`` after every epoch.
+
+    ``lr_schedule``: "constant" (the paper) or "cosine" (epoch e, 1-based, trains at
+    ``lr * (1 + cos(pi * (e - 1) / epochs)) / 2``).
 
     Each network ends with the weights of its best validation epoch (AU: lowest MAE;
     expression: highest macro-F1, then accuracy), or of its last epoch that took a step when
@@ -276,6 +280,8 @@ def fit(au_net: AUDetector, expr_net: ExpressionClassifier, store: ImageStore, t
     device = pos_weight.device
     opt_au = torch.optim.Adam(au_net.parameters(), lr=lr, weight_decay=weight_decay)
     opt_expr = torch.optim.Adam(expr_net.parameters(), lr=lr, weight_decay=weight_decay)
+    if lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
     base = val_baseline or {}
@@ -284,6 +290,10 @@ def fit(au_net: AUDetector, expr_net: ExpressionClassifier, store: ImageStore, t
     history = []
     for epoch in range(1, epochs + 1):
         t_ep = time.perf_counter()
+        epoch_lr = lr if lr_schedule == "constant" else lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / epochs))
+        for opt in (opt_au, opt_expr):
+            for group in opt.param_groups:
+                group["lr"] = epoch_lr
         tr = train_epoch(au_net, expr_net, opt_au, opt_expr, store, train_pos, batch_size, pos_weight, rng,
                          generator, augment)
         val = evaluate(au_net, expr_net, store, val_pos, eval_batch_size, device, threshold, eps)
@@ -293,7 +303,7 @@ def fit(au_net: AUDetector, expr_net: ExpressionClassifier, store: ImageStore, t
             best_ex = None if val["expr_labels"] == 0 else _expr_key(val)
             best_ex_epoch, best_ex_state = epoch, copy.deepcopy(expr_net.state_dict())
         seconds = time.perf_counter() - t_ep
-        history.append({"epoch": epoch, "train": tr, "val": {k: v for k, v in val.items() if k != "au_f1_per_au"},
+        history.append({"epoch": epoch, "lr": epoch_lr, "train": tr, "val": {k: v for k, v in val.items() if k != "au_f1_per_au"},
                         "seconds": seconds})
         print(f"[supervision] epoch {epoch}/{epochs}  train bce {_fmt(tr['au_loss'])} ce {_fmt(tr['ce_loss'])} | "
               f"val AU mae {_fmt(val['au_mae'])} (mean {_fmt(base.get('au_mae_mean_baseline'))}) "
@@ -310,6 +320,8 @@ def run(cfg: SupervisionTrainConfig) -> SupervisionResult:
     t_start = time.perf_counter()
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ValueError(f"epochs ({cfg.epochs}) and batch_size ({cfg.batch_size}) must be >= 1")
+    if cfg.lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {cfg.lr_schedule!r}")
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
     options = StorageOptions(cfg.storage.endpoint_url, cfg.storage.region, cfg.storage.anon)
@@ -344,7 +356,7 @@ def run(cfg: SupervisionTrainConfig) -> SupervisionResult:
         pos_weight=au_pos_weight(train_au, cfg.au_pos_weight_max).to(device), seed=cfg.seed,
         augment=(dict(flip_prob=cfg.flip_prob, crop_scale_min=cfg.crop_scale_min, color_jitter=cfg.color_jitter)
                  if cfg.augment else None),
-        threshold=cfg.au_threshold, eps=cfg.aumr_eps,
+        threshold=cfg.au_threshold, eps=cfg.aumr_eps, lr_schedule=cfg.lr_schedule,
         val_baseline=baselines(train_au, train_cls, *_labels(index, positions["val"], cpu), cfg.aumr_eps))
 
     results: dict[str, Any] = {}

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dcnn_flame.config import PrepareConfig, SyntheticConfig
-from dcnn_flame.constants import EXPRESSION_CLASSES, NUM_AUS, NUM_LANDMARKS
+from dcnn_flame.constants import AU_IDS, EXPRESSION_CLASSES, NUM_AUS, NUM_LANDMARKS
 from dcnn_flame.data import schema
 from dcnn_flame.data.synthetic import (
     SyntheticWorld, affectnet_au_prototypes, identity_name, procedural_head, sh_from_lights, world_for)
@@ -151,6 +151,37 @@ def test_aus_follow_the_class_prototype_and_drive_the_expression(world, views):
     np.testing.assert_allclose(_cat(views, "expression")[:, :NUM_AUS], expr[:, :NUM_AUS].numpy(), atol=1e-6)
     jaw_err = np.abs(_cat(views, "pose")[:, 6:9] - jaw.numpy())
     assert jaw_err.max() < math.radians(5 * CFG.jaw_noise_deg)
+
+
+def test_free_au_views_decorrelate_the_aus_and_leave_the_rest_unchanged(world):
+    from dataclasses import replace
+
+    free = SyntheticWorld(replace(SMALL, free_au_fraction=0.5, free_au_rate=0.3), world.data)
+    base = SyntheticWorld(SMALL, world.data)
+    lo, hi = SMALL.au_intensity
+    rows_free, rows_class = [], []
+    for i in range(150):  # 600 views, parameters only (no rendering)
+        a, b = free.sample(3, i), base.sample(3, i)
+        for name in ("shape", "albedo", "global_pose", "eye_pose", "light", "face_fill", "expr_extra"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+        for v in range(len(a.au)):
+            if a.expression_class[v] == -1:
+                rows_free.append(a.au[v])
+            else:  # a class view is exactly the view of the world without free views
+                assert a.expression_class[v] == b.expression_class[v]
+                np.testing.assert_array_equal(a.au[v], b.au[v])
+                rows_class.append(a.au[v])
+    free_au, class_au = np.array(rows_free), np.array(rows_class)
+    assert 0.4 < len(free_au) / 600 < 0.6
+    active = free_au > 0
+    assert abs(active.mean() - 0.3) < 0.03
+    assert free_au[active].min() >= lo and free_au.max() <= hi
+    # AU6 (cheek raiser) and AU12 (lip corner puller) come together in joy; free views untie them
+    i6, i12 = AU_IDS.index(6), AU_IDS.index(12)
+    assert np.corrcoef(class_au[:, i6], class_au[:, i12])[0, 1] > 0.5
+    assert abs(np.corrcoef(free_au[:, i6], free_au[:, i12])[0, 1]) < 0.15
+    with pytest.raises(ValueError, match="free_au_fraction"):
+        SyntheticWorld(replace(SMALL, free_au_fraction=1.5), world.data)
 
 
 # --------------------------------------------------------------------------- geometry
@@ -294,6 +325,27 @@ def test_prepare_source_synthetic_with_ray_data(ray_local, tmp_path):
     assert sorted(r["identity"] for r in rows) == [identity_name(0, i) for i in range(4)]
     assert os.path.exists(os.path.join(out, "contact_sheet.png"))
     assert run(cfg).shards_written == 0  # the rerun skips every shard
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_slow_shards_outlive_ray_datas_no_progress_guard(ray_local, tmp_path):
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    saved = ctx.execution_no_progress_timeout_s
+    # Every shard takes longer than this (the writer actor builds its world first): the
+    # process-wide guard stands for a busy machine where one shard takes minutes.
+    ctx.execution_no_progress_timeout_s = 0.5
+    kw = dict(num_identities=2, rows_per_shard=1, val_fraction=0.0, world=SMALL, parallel="ray", num_workers=1,
+              progress=False, contact_sheet_samples=0)
+    try:
+        with pytest.raises(Exception, match="no progress"):
+            write_synthetic_shards(str(tmp_path / "guarded"), **kw)
+        run = write_synthetic_shards(str(tmp_path / "job"), stall_timeout_s=600.0, **kw)
+    finally:
+        ctx.execution_no_progress_timeout_s = saved
+    assert run.shards_written == 2
 
 
 @pytest.mark.slow

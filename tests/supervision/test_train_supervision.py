@@ -327,7 +327,7 @@ def test_all_au_labels_missing_never_moves_the_au_detector(tmp_path):
 @pytest.mark.slow
 def test_training_learns_and_writes_loadable_teachers(tiny_shards, tmp_path):
     out = tmp_path / "out" / "teachers.pt"
-    res = T.run(cfg_for(tiny_shards, out, epochs=4, lr=1e-3))
+    res = T.run(cfg_for(tiny_shards, out, epochs=4, lr=1e-3, lr_schedule="cosine"))
     test, val = res.metrics["test"], res.metrics["val"]
     assert res.metrics["identities"] == {"train": 32, "val": 4, "test": 4}
     assert res.metrics["images"] == {"train": 128, "val": 16, "test": 16}
@@ -349,6 +349,8 @@ def test_training_learns_and_writes_loadable_teachers(tiny_shards, tmp_path):
     assert meta["config"]["lr"] == 1e-3
     report = json.loads((tmp_path / "out" / "teachers.metrics.json").read_text())
     assert report["format"] == T.METRICS_FORMAT and len(report["history"]) == 4
+    cosine = [1e-3 * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4)]  # 1e-3, 8.5e-4, 5e-4, 1.5e-4
+    assert [h["lr"] for h in report["history"]] == pytest.approx(cosine)
     assert set(report["split_identities"]["val"]).isdisjoint(report["split_identities"]["train"])
     assert report["best_epoch"]["au"] in range(1, 5)
     assert not [p for p in os.listdir(tmp_path / "out") if p.endswith(".tmp")]
