@@ -7,8 +7,11 @@
 - ``"auto"`` -> attach to a running cluster; ``"local"`` -> always start a local one.
 
 Before starting or attaching it sets the environment defaults of ../shared/RAY.md (token
-auth off for a fresh local cluster, no usage stats, a data hang fails in 2 minutes) unless the
-user set them. A local Ray started here inherits this process' environment (object-store
+auth off for a fresh local cluster, no usage stats) unless the user set them. Ray Data's
+no-progress timeout keeps Ray's 30-minute default (a CPU shard of large images, a long
+validation pass or a slow checkpoint upload can leave a dataset idle for minutes); the jobs with
+long per-block work raise it further through their ``stall_timeout_s``, and the tests lower it
+to 2 minutes so a hang fails fast. A local Ray started here inherits this process' environment (object-store
 credentials included); see :mod:`dcnn_flame.io.arrow_fs` for clusters started elsewhere.
 """
 from __future__ import annotations
@@ -25,7 +28,6 @@ logger = logging.getLogger(__name__)
 RAY_ENV_DEFAULTS: dict[str, str] = {
     "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S": "120",
     "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1",
 }
 
