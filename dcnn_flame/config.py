@@ -659,6 +659,10 @@ class SupervisionTrainConfig:
     input_size: int = 112
     """Side of the square image both networks see (their ``input_size``; 224 as the paper, 112 for
     speed). Images are resized to it once, when decoded."""
+    init_from: Optional[str] = None
+    """A teachers file (path or URI) whose weights both networks start from instead of a random
+    initialisation: continue a run, or fine-tune synthetic-trained teachers on real labels. Its
+    input_size must equal input_size. None = random initialisation (seed)."""
     max_images: Optional[int] = None
     """Use only the first N images (shards in sorted order, then row and view order); None = all.
     For quick runs."""

@@ -261,6 +261,23 @@ def metrics_uri_of(output_uri: str) -> str:
     return f"{base}.metrics.json"
 
 
+def init_from_teachers(au_net: AUDetector, expr_net: ExpressionClassifier, uri: str,
+                       options: Optional[StorageOptions] = None) -> None:
+    """Load the weights of the teachers file ``uri`` into ``au_net`` and ``expr_net`` (in place).
+
+    Raises ValueError naming the file when its networks differ from these (input size or
+    architecture): train with the file's ``input_size`` or start from scratch.
+    """
+    from dcnn_flame.supervision.bundle import load_teachers
+
+    au_src, ex_src, _ = load_teachers(uri, options)
+    for name, dst, src in (("AU detector", au_net, au_src), ("expression classifier", expr_net, ex_src)):
+        if src.cfg != dst.cfg:
+            raise ValueError(f"init_from={uri}: its {name} was built with {src.cfg}, this run builds {dst.cfg}; "
+                             f"set input_size={src.cfg.input_size} (and the same architecture) or drop init_from")
+        dst.load_state_dict(src.state_dict())
+
+
 def fit(au_net: AUDetector, expr_net: ExpressionClassifier, store: ImageStore, train_pos: np.ndarray,
         val_pos: np.ndarray, *, epochs: int, batch_size: int, eval_batch_size: int, lr: float,
         weight_decay: float, pos_weight: Tensor, seed: int, augment: Optional[dict], threshold: float,
@@ -350,6 +367,8 @@ def run(cfg: SupervisionTrainConfig) -> SupervisionResult:
     torch.manual_seed(cfg.seed)
     au_net = AUDetector(AUDetectorConfig(input_size=cfg.input_size)).to(device)
     expr_net = ExpressionClassifier(ExpressionClassifierConfig(input_size=cfg.input_size)).to(device)
+    if cfg.init_from:
+        init_from_teachers(au_net, expr_net, storage.resolve(cfg.init_from), options)
     best_epoch, history = fit(
         au_net, expr_net, store, positions["train"], positions["val"], epochs=cfg.epochs,
         batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,

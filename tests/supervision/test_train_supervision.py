@@ -357,6 +357,31 @@ def test_training_learns_and_writes_loadable_teachers(tiny_shards, tmp_path):
 
 
 @pytest.mark.slow
+def test_init_from_starts_both_networks_from_a_teachers_file(tiny_shards, tmp_path, monkeypatch):
+    first = tmp_path / "first.pt"
+    T.run(cfg_for(tiny_shards, first, epochs=1))
+    au_src, ex_src, _ = load_teachers(str(first))
+    seen = {}
+    real_fit = T.fit
+
+    def spy(au_net, expr_net, *args, **kwargs):  # the networks as training starts
+        seen["au"] = {k: v.clone() for k, v in au_net.state_dict().items()}
+        seen["expr"] = {k: v.clone() for k, v in expr_net.state_dict().items()}
+        return real_fit(au_net, expr_net, *args, **kwargs)
+
+    monkeypatch.setattr(T, "fit", spy)
+    T.run(cfg_for(tiny_shards, tmp_path / "second.pt", epochs=1, seed=7, init_from=str(first)))
+    for name, src in (("au", au_src), ("expr", ex_src)):
+        assert seen[name].keys() == src.state_dict().keys()
+        assert all(torch.equal(seen[name][k], v) for k, v in src.state_dict().items()), name
+    T.run(cfg_for(tiny_shards, tmp_path / "scratch.pt", epochs=1, seed=7))  # without it: another start
+    assert not torch.equal(seen["au"]["fc2.weight"], au_src.state_dict()["fc2.weight"])
+    assert not torch.equal(seen["au"]["trunk.layers.0.0.weight"], au_src.state_dict()["trunk.layers.0.0.weight"])
+    with pytest.raises(ValueError, match="input_size=32"):
+        T.run(cfg_for(tiny_shards, tmp_path / "other.pt", epochs=1, input_size=16, init_from=str(first)))
+
+
+@pytest.mark.slow
 def test_hydra_compose_run_and_job_script(tmp_path):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
