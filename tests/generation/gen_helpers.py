@@ -27,10 +27,11 @@ def manifest_for(root: str, path: str, extra: dict[str, str]) -> str:
 
 
 def job_config(**kw):
-    """A GenerateConfig for the tests (small previews, no progress bars, 2-minute stall limit)."""
+    """A GenerateConfig for the tests (small previews, no progress bars, 5-minute stall limit: a
+    hang still fails inside the 15-minute test timeout, a busy 2-core box does not)."""
     from dcnn_flame.config import GenerateConfig
 
-    cfg = GenerateConfig(detector="center", preview_size=48, preview_max=6, progress=False, stall_timeout_s=120,
+    cfg = GenerateConfig(detector="center", preview_size=48, preview_max=6, progress=False, stall_timeout_s=300,
                          max_image_pixels=4_000_000, batch_size=4, decode_batch_size=4, num_actors=1)
     for k, v in kw.items():
         setattr(cfg, k, v)
