@@ -11,8 +11,8 @@ auth off for a fresh local cluster, no usage stats) unless the user set them. Ra
 no-progress timeout keeps Ray's 30-minute default (a CPU shard of large images, a long
 validation pass or a slow checkpoint upload can leave a dataset idle for minutes); the jobs with
 long per-block work raise it further through their ``stall_timeout_s``, and the tests lower it
-to 2 minutes so a hang fails fast. A local Ray started here inherits this process' environment (object-store
-credentials included); see :mod:`dcnn_flame.io.arrow_fs` for clusters started elsewhere.
+to 2 minutes so a hang fails fast. A local Ray started here inherits this process' environment
+(object-store credentials included); see :mod:`dcnn_flame.io.arrow_fs` for clusters started elsewhere.
 """
 from __future__ import annotations
 

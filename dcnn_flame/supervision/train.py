@@ -320,8 +320,8 @@ def fit(au_net: AUDetector, expr_net: ExpressionClassifier, store: ImageStore, t
             best_ex = None if val["expr_labels"] == 0 else _expr_key(val)
             best_ex_epoch, best_ex_state = epoch, copy.deepcopy(expr_net.state_dict())
         seconds = time.perf_counter() - t_ep
-        history.append({"epoch": epoch, "lr": epoch_lr, "train": tr, "val": {k: v for k, v in val.items() if k != "au_f1_per_au"},
-                        "seconds": seconds})
+        history.append({"epoch": epoch, "lr": epoch_lr, "train": tr,
+                        "val": {k: v for k, v in val.items() if k != "au_f1_per_au"}, "seconds": seconds})
         print(f"[supervision] epoch {epoch}/{epochs}  train bce {_fmt(tr['au_loss'])} ce {_fmt(tr['ce_loss'])} | "
               f"val AU mae {_fmt(val['au_mae'])} (mean {_fmt(base.get('au_mae_mean_baseline'))}) "
               f"aumr {_fmt(val['aumr'])} f1 {_fmt(val['au_f1'])} | expr acc {_fmt(val['accuracy'])} "
