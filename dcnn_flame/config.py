@@ -661,8 +661,9 @@ class SupervisionTrainConfig:
     speed). Images are resized to it once, when decoded."""
     init_from: Optional[str] = None
     """A teachers file (path or URI) whose weights both networks start from instead of a random
-    initialisation: continue a run, or fine-tune synthetic-trained teachers on real labels. Its
-    input_size must equal input_size. None = random initialisation (seed)."""
+    initialisation: continue a run, or fine-tune synthetic-trained teachers on real labels. It
+    may come from another input_size (progressive resizing: 112 px, then 224); the rest of the
+    architecture must match. None = random initialisation (seed)."""
     max_images: Optional[int] = None
     """Use only the first N images (shards in sorted order, then row and view order); None = all.
     For quick runs."""

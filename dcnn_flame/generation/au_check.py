@@ -9,6 +9,11 @@ This is the check of the batch-generation issue; it is only as good as the detec
 with teachers trained by ``jobs/train_supervision.py`` on a large synthetic set.
 
     python -m dcnn_flame.generation.au_check --teachers teachers.pt [--identities 3] [--json out.json]
+        [--single-au 0.5]
+
+``--single-au`` also renders every AU alone and reports, per AU, the detector's own response
+and rank, the AUs it is confused with and how far the AU moves the face in pixels: which AUs
+the detector can see at its input size at all.
 """
 from __future__ import annotations
 
@@ -78,6 +83,23 @@ def rank_intended_aus(response: np.ndarray, bank: ExpressionBank, character: int
     return out
 
 
+def _frontal_camera(retargeter, shape: Tensor, fill: float) -> Tensor:
+    """[3] orthographic camera (scale, tx, ty) framing the neutral face's landmark box to ``fill``."""
+    neutral_lmk = retargeter.flame(shape=shape[None]).landmarks[0, :, :2]
+    lo, hi = neutral_lmk.amin(0), neutral_lmk.amax(0)
+    scale = 2.0 * fill / float((hi - lo).max())
+    return torch.cat([torch.full((1,), scale), -0.5 * (lo + hi)])
+
+
+def _character_shape(world, character: int, retargeter, seed: int) -> Tensor:
+    params = world.sample(seed, character)
+    n_shape = retargeter.n_shape
+    shape = torch.zeros(n_shape)
+    k = min(n_shape, params.shape.shape[0])
+    shape[:k] = torch.from_numpy(params.shape[:k]).float()
+    return shape
+
+
 def render_bank(world, character: int, bank: ExpressionBank, retargeter, seed: int = 0,
                 fill: float = 0.72) -> Tensor:
     """Frontal renders of a synthetic character's neutral face and its bank expressions.
@@ -96,23 +118,34 @@ def render_bank(world, character: int, bank: ExpressionBank, retargeter, seed: i
     Returns: [K + 1, 3, S, S] images in [0, 1], row 0 the neutral face (S = world image size).
     """
     params = world.sample(seed, character)
-    n_shape = retargeter.n_shape
-    shape = torch.zeros(n_shape)
-    k = min(n_shape, params.shape.shape[0])
-    shape[:k] = torch.from_numpy(params.shape[:k]).float()
+    shape = _character_shape(world, character, retargeter, seed)
     with torch.no_grad():
         out = retargeter.retarget_bank(shape, torch.from_numpy(bank.matrix()).float())
         verts = torch.cat([out.neutral[None], out.vertices])  # [K + 1, V, 3]
-        neutral_lmk = retargeter.flame(shape=shape[None]).landmarks[0, :, :2]
-        lo, hi = neutral_lmk.amin(0), neutral_lmk.amax(0)
-        scale = 2.0 * fill / float((hi - lo).max())
         n = verts.shape[0]
-        camera = torch.cat([torch.full((1,), scale), -0.5 * (lo + hi)])[None].expand(n, 3)
+        camera = _frontal_camera(retargeter, shape, fill)[None].expand(n, 3)
         sh = torch.from_numpy(params.light[:1].reshape(1, -1)).float().expand(n, -1)
         bg = torch.from_numpy(params.background[:1]).permute(0, 3, 1, 2).float().expand(n, -1, -1, -1)
         image = world.renderer(verts, camera, world.albedo_map(torch.from_numpy(params.albedo)), sh,
                                background=bg.contiguous()).image
     return image.clamp(0.0, 1.0)
+
+
+def image_motion_px(world, character: int, bank: ExpressionBank, retargeter, seed: int = 0,
+                    fill: float = 0.72) -> np.ndarray:
+    """How far each bank expression moves the face in the image of :func:`render_bank`.
+
+    Returns: [K] the largest in-plane (image x, y) displacement of a vertex from the neutral
+        mesh, in pixels of the world's image size. Motions well under a pixel are hard for any
+        image-based detector at that size (raise the size rather than blame the retargeting).
+    """
+    shape = _character_shape(world, character, retargeter, seed)
+    with torch.no_grad():
+        out = retargeter.retarget_bank(shape, torch.from_numpy(bank.matrix()).float())
+        scale = float(_frontal_camera(retargeter, shape, fill)[0])
+        d = (out.vertices - out.neutral[None])[..., :2].norm(dim=-1)  # [K, V], model units
+    # orthographic camera: x_ndc = scale * (x + t), NDC [-1, 1] spans S pixels
+    return (d.amax(dim=1) * scale * world.cfg.image_size / 2.0).double().numpy()
 
 
 def detector_response(au_net, images: Tensor) -> np.ndarray:
@@ -151,6 +184,39 @@ def summarize(results: Sequence[AURank]) -> dict:
     }
 
 
+def single_au_bank(intensity: float = 0.5) -> ExpressionBank:
+    """One expression per AU (named ``au1`` ... ``au45``), that AU alone at ``intensity``."""
+    if not 0.0 < intensity <= 1.0:
+        raise ValueError(f"single-AU intensity must be in (0, 1], got {intensity}")
+    return ExpressionBank({f"au{a}": (np.eye(NUM_AUS)[i] * intensity).tolist() for i, a in enumerate(AU_IDS)})
+
+
+def au_isolation(response: np.ndarray, motion_px: Optional[np.ndarray] = None, confusions: int = 3) -> list[dict]:
+    """What the detector answers when exactly one AU is rendered (see :func:`single_au_bank`).
+
+    Args:
+        response: [17, 17] detector response (expression minus neutral), row i = AU_IDS[i]
+            rendered alone, columns in AU_IDS order (e.g. averaged over characters).
+        motion_px: optional [17] image motion of each single-AU render (:func:`image_motion_px`).
+        confusions: how many of the strongest other AUs to list.
+    Returns: one dict per AU: ``au``, ``self`` (its own response), ``rank`` (1 = its own output
+        rises most), ``confused_with`` ([[au, response], ...] strongest other outputs, highest
+        first) and ``motion_px`` when given.
+    """
+    response = np.asarray(response, dtype=np.float64)
+    if response.shape != (NUM_AUS, NUM_AUS):
+        raise ValueError(f"response must be [{NUM_AUS}, {NUM_AUS}] (one row per rendered AU), got {response.shape}")
+    rows = []
+    for i, a in enumerate(AU_IDS):
+        order = np.argsort(-response[i], kind="stable")
+        row = {"au": int(a), "self": float(response[i, i]), "rank": int(np.flatnonzero(order == i)[0]) + 1,
+               "confused_with": [[int(AU_IDS[j]), float(response[i, j])] for j in order if j != i][:confusions]}
+        if motion_px is not None:
+            row["motion_px"] = float(motion_px[i])
+        rows.append(row)
+    return rows
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from dcnn_flame.config import SyntheticConfig
     from dcnn_flame.data.synthetic import world_for
@@ -164,7 +230,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=7, help="synthetic world seed of the characters")
     p.add_argument("--bank", default=None, help="expression bank YAML (default: the built-in bank)")
     p.add_argument("--json", default=None, help="also write every result and the summary here")
+    p.add_argument("--single-au", type=float, default=None, metavar="INTENSITY",
+                   help="also render each AU alone at this intensity and report what the detector answers "
+                        "(its own rank, the AUs it is confused with, the motion in pixels)")
     a = p.parse_args(argv)
+    if a.single_au is not None and not 0.0 < a.single_au <= 1.0:
+        p.error(f"--single-au must be an AU intensity in (0, 1], got {a.single_au}")
     au_net, _, meta = load_teachers(a.teachers)
     size = int(getattr(au_net.cfg, "input_size", 112))
     world = world_for(SyntheticConfig(image_size=size))
@@ -178,11 +249,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"({r.hits}/{len(r.intended)})")
     print(f"[au_check] exact top sets {summary['exact']}/{summary['cases']}, intended-AU recall "
           f"{summary['recall']:.2f} ({a.teachers})")
+    report = {"summary": summary, "results": [asdict(r) for r in results]}
+    if a.single_au is not None:
+        single = single_au_bank(a.single_au)
+        chars = range(a.identities)
+        resp = np.mean([detector_response(au_net, render_bank(world, c, single, retargeter, a.seed)) for c in chars], 0)
+        motion = np.mean([image_motion_px(world, c, single, retargeter, a.seed) for c in chars], 0)
+        report["isolation"] = {"intensity": a.single_au, "aus": au_isolation(resp, motion)}
+        for r in report["isolation"]["aus"]:
+            others = ", ".join(f"AU{u} {v:+.2f}" for u, v in r["confused_with"])
+            print(f"AU{r['au']:<3} alone at {a.single_au:g}: moves {r['motion_px']:.2f} px, own response "
+                  f"{r['self']:+.2f} (rank {r['rank']}), next {others}")
+        seen = sum(r["rank"] == 1 for r in report["isolation"]["aus"])
+        print(f"[au_check] single AUs ranked first by the detector: {seen}/{NUM_AUS}")
     if a.json:
         from dcnn_flame.io.storage import atomic_write_bytes
 
-        atomic_write_bytes(a.json, json.dumps({"summary": summary, "results": [asdict(r) for r in results]},
-                                              indent=1).encode())
+        atomic_write_bytes(a.json, json.dumps(report, indent=1).encode())
     return 0
 
 

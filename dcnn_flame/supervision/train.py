@@ -265,16 +265,24 @@ def init_from_teachers(au_net: AUDetector, expr_net: ExpressionClassifier, uri: 
                        options: Optional[StorageOptions] = None) -> None:
     """Load the weights of the teachers file ``uri`` into ``au_net`` and ``expr_net`` (in place).
 
-    Raises ValueError naming the file when its networks differ from these (input size or
-    architecture): train with the file's ``input_size`` or start from scratch.
+    The file may have been trained at another ``input_size`` (progressive resizing: train
+    cheaply at 112 px, fine-tune at 224): both networks are fully convolutional up to a
+    spatial pooling (the AU detector's region priors are built for each feature-map size), so
+    every weight has the same shape at any input size. Everything else must match.
+
+    Raises ValueError naming the file when its networks differ from these in anything but the
+    input size: start from scratch, or build the same architecture.
     """
     from dcnn_flame.supervision.bundle import load_teachers
 
     au_src, ex_src, _ = load_teachers(uri, options)
     for name, dst, src in (("AU detector", au_net, au_src), ("expression classifier", expr_net, ex_src)):
-        if src.cfg != dst.cfg:
+        if dataclasses.replace(src.cfg, input_size=dst.cfg.input_size) != dst.cfg:
             raise ValueError(f"init_from={uri}: its {name} was built with {src.cfg}, this run builds {dst.cfg}; "
-                             f"set input_size={src.cfg.input_size} (and the same architecture) or drop init_from")
+                             f"only input_size may differ: build the same architecture or drop init_from")
+        if src.cfg.input_size != dst.cfg.input_size:
+            print(f"[supervision] init_from={uri}: {name} trained at {src.cfg.input_size} px, "
+                  f"continuing at {dst.cfg.input_size} px", flush=True)
         dst.load_state_dict(src.state_dict())
 
 

@@ -10,7 +10,8 @@ import torch
 
 from dcnn_flame.constants import AU_IDS, NUM_AUS
 from dcnn_flame.generation import emotions
-from dcnn_flame.generation.au_check import main, rank_intended_aus, render_bank, summarize
+from dcnn_flame.generation.au_check import (au_isolation, image_motion_px, main, rank_intended_aus, render_bank,
+                                            single_au_bank, summarize)
 
 SIZE = 64
 
@@ -51,6 +52,30 @@ def test_ranking_matches_a_naive_loop_and_the_extremes():
         rank_intended_aus(prof[:3], bank)
 
 
+def test_isolation_report_matches_a_naive_loop():
+    rng = np.random.default_rng(1)
+    response = np.round(rng.standard_normal((NUM_AUS, NUM_AUS)), 1)  # ties included
+    motion = rng.random(NUM_AUS)
+    rows = au_isolation(response, motion, confusions=4)
+    assert [r["au"] for r in rows] == list(AU_IDS)
+    for i, r in enumerate(rows):
+        # rank: 1 + how many outputs rise more, ties to the lower index (a stable sort)
+        rank = 1 + sum(1 for j in range(NUM_AUS) if response[i][j] > response[i][i]
+                       or (response[i][j] == response[i][i] and j < i))
+        others = sorted((j for j in range(NUM_AUS) if j != i), key=lambda j: (-response[i][j], j))[:4]
+        assert r["self"] == response[i][i] and r["rank"] == rank and r["motion_px"] == motion[i]
+        assert r["confused_with"] == [[AU_IDS[j], response[i][j]] for j in others]
+    perfect = au_isolation(np.eye(NUM_AUS) + 0.01 * rng.random((NUM_AUS, NUM_AUS)))
+    assert all(r["rank"] == 1 and "motion_px" not in r for r in perfect)
+    with pytest.raises(ValueError, match="one row per rendered AU"):
+        au_isolation(response[:5])
+    bank = single_au_bank(0.4)
+    assert bank.names == tuple(f"au{a}" for a in AU_IDS)
+    np.testing.assert_allclose(bank.matrix(), 0.4 * np.eye(NUM_AUS))
+    with pytest.raises(ValueError, match="intensity"):
+        single_au_bank(0.0)
+
+
 @pytest.fixture(scope="module")
 def world_and_retargeter():
     from dcnn_flame.config import SyntheticConfig
@@ -80,6 +105,32 @@ def test_bank_renders_move_the_face_only_where_the_expression_acts(world_and_ret
     assert float((render_bank(world, 1, bank, retargeter, seed=7)[0] - images[0]).abs().mean()) > 0.02
 
 
+def test_image_motion_is_the_largest_vertex_motion_in_rendered_pixels(world_and_retargeter):
+    from dcnn_flame.render.camera import OrthographicCamera, to_pixels
+
+    world, retargeter = world_and_retargeter
+    bank = single_au_bank(0.5)
+    got = image_motion_px(world, 2, bank, retargeter, seed=7)
+    # naive: frame the neutral landmark box to 0.72 of the image, project every vertex to
+    # pixels with the renderer's camera, largest distance per expression
+    shape = torch.zeros(retargeter.n_shape)
+    s = world.sample(7, 2).shape
+    shape[: min(len(s), len(shape))] = torch.from_numpy(s[: len(shape)]).float()
+    with torch.no_grad():
+        lmk = retargeter.flame(shape=shape[None]).landmarks[0, :, :2]
+        lo, hi = lmk.min(0).values, lmk.max(0).values
+        cam = OrthographicCamera(torch.tensor([[2 * 0.72 / float((hi - lo).max()), *(-(lo + hi) / 2).tolist()]]))
+        out = retargeter.retarget_bank(shape, torch.from_numpy(bank.matrix()).float())
+        base = to_pixels(cam.project(out.neutral[None]), SIZE, SIZE)[0]
+        for k in range(len(bank)):
+            moved = to_pixels(cam.project(out.vertices[k][None]), SIZE, SIZE)[0]
+            assert got[k] == pytest.approx(float((moved - base).norm(dim=-1).max()), rel=1e-4, abs=1e-6)
+    # the jaw drop (AU26) moves the face most, far more than the chin raiser (AU17)
+    assert got[AU_IDS.index(26)] == got.max() and got[AU_IDS.index(26)] > 5 * got[AU_IDS.index(17)]
+    # the image of a neutral bank entry does not move
+    assert image_motion_px(world, 2, emotions.ExpressionBank({"neutral": [0.0] * NUM_AUS}), retargeter, 7)[0] == 0
+
+
 def test_command_line_on_a_teachers_file(tmp_path, world_and_retargeter, capsys):
     from dcnn_flame.supervision.au import AUDetector, AUDetectorConfig
     from dcnn_flame.supervision.bundle import teachers_to_bytes
@@ -90,9 +141,16 @@ def test_command_line_on_a_teachers_file(tmp_path, world_and_retargeter, capsys)
     path.write_bytes(teachers_to_bytes(AUDetector(AUDetectorConfig(input_size=SIZE)),
                                        ExpressionClassifier(ExpressionClassifierConfig(input_size=SIZE))))
     out = tmp_path / "check.json"
-    assert main(["--teachers", str(path), "--identities", "1", "--json", str(out)]) == 0
+    assert main(["--teachers", str(path), "--identities", "1", "--json", str(out), "--single-au", "0.5"]) == 0
     report = json.loads(out.read_text())
     named = [n for n in emotions.default_bank().names if (emotions.default_bank().vector(n) > 0).any()]
     assert report["summary"]["cases"] == len(named) == len(report["results"])
     assert 0.0 <= report["summary"]["recall"] <= 1.0
-    assert "[au_check] exact top sets" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    with pytest.raises(SystemExit):  # argparse's error exit, before any work
+        main(["--teachers", str(tmp_path / "missing.pt"), "--single-au", "2"])
+    assert "--single-au must be an AU intensity in (0, 1], got 2.0" in capsys.readouterr().err
+    assert "[au_check] exact top sets" in printed and "[au_check] single AUs ranked first" in printed
+    iso = report["isolation"]
+    assert iso["intensity"] == 0.5 and [r["au"] for r in iso["aus"]] == list(AU_IDS)
+    assert all(1 <= r["rank"] <= NUM_AUS and r["motion_px"] > 0 for r in iso["aus"])

@@ -377,8 +377,17 @@ def test_init_from_starts_both_networks_from_a_teachers_file(tiny_shards, tmp_pa
     T.run(cfg_for(tiny_shards, tmp_path / "scratch.pt", epochs=1, seed=7))  # without it: another start
     assert not torch.equal(seen["au"]["fc2.weight"], au_src.state_dict()["fc2.weight"])
     assert not torch.equal(seen["au"]["trunk.layers.0.0.weight"], au_src.state_dict()["trunk.layers.0.0.weight"])
-    with pytest.raises(ValueError, match="input_size=32"):
-        T.run(cfg_for(tiny_shards, tmp_path / "other.pt", epochs=1, input_size=16, init_from=str(first)))
+    # Progressive resizing: a file trained at 32 px starts a run at 48 px with the same weights,
+    # and the networks run at the new size.
+    T.run(cfg_for(tiny_shards, tmp_path / "bigger.pt", epochs=1, seed=7, input_size=48, init_from=str(first)))
+    for name, src in (("au", au_src), ("expr", ex_src)):
+        assert all(torch.equal(seen[name][k], v) for k, v in src.state_dict().items()), name
+    au_big, ex_big, _ = load_teachers(str(tmp_path / "bigger.pt"))
+    assert au_big.cfg.input_size == ex_big.cfg.input_size == 48
+    # Anything but the input size must match, and the error names the file.
+    other = T.AUDetector(T.AUDetectorConfig(input_size=32, channels=(8, 16, 32, 64, 64)))
+    with pytest.raises(ValueError, match=r"first\.pt.*only input_size may differ"):
+        T.init_from_teachers(other, ex_src, str(first))
 
 
 @pytest.mark.slow
