@@ -91,9 +91,8 @@ def _frontal_camera(retargeter, shape: Tensor, fill: float) -> Tensor:
     return torch.cat([torch.full((1,), scale), -0.5 * (lo + hi)])
 
 
-def _character_shape(world, character: int, retargeter, seed: int) -> Tensor:
-    params = world.sample(seed, character)
-    n_shape = retargeter.n_shape
+def _character_shape(params, n_shape: int) -> Tensor:
+    """[n_shape] identity of a sampled synthetic character (zero-padded or cut to n_shape)."""
     shape = torch.zeros(n_shape)
     k = min(n_shape, params.shape.shape[0])
     shape[:k] = torch.from_numpy(params.shape[:k]).float()
@@ -118,7 +117,7 @@ def render_bank(world, character: int, bank: ExpressionBank, retargeter, seed: i
     Returns: [K + 1, 3, S, S] images in [0, 1], row 0 the neutral face (S = world image size).
     """
     params = world.sample(seed, character)
-    shape = _character_shape(world, character, retargeter, seed)
+    shape = _character_shape(params, retargeter.n_shape)
     with torch.no_grad():
         out = retargeter.retarget_bank(shape, torch.from_numpy(bank.matrix()).float())
         verts = torch.cat([out.neutral[None], out.vertices])  # [K + 1, V, 3]
@@ -139,7 +138,7 @@ def image_motion_px(world, character: int, bank: ExpressionBank, retargeter, see
         mesh, in pixels of the world's image size. Motions well under a pixel are hard for any
         image-based detector at that size (raise the size rather than blame the retargeting).
     """
-    shape = _character_shape(world, character, retargeter, seed)
+    shape = _character_shape(world.sample(seed, character), retargeter.n_shape)
     with torch.no_grad():
         out = retargeter.retarget_bank(shape, torch.from_numpy(bank.matrix()).float())
         scale = float(_frontal_camera(retargeter, shape, fill)[0])
