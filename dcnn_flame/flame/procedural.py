@@ -24,8 +24,10 @@ head a little below its centre):
   depend on ``n_shape``.
 * ``exprdirs``: components 0..16 are the facial action units of
   :data:`~dcnn_flame.constants.AU_IDS` (1, 2, 4, 5, 6, 7, 9, 10, 12, 14, 15, 17, 20,
-  23, 25, 26, 45) in that order, coefficient 1.0 = a strong activation; 17.. are
-  smaller random localised mixtures (seeded).
+  23, 25, 26, 45) in that order, coefficient 1.0 = a strong activation, each shaped
+  after its FACS description with a local shading cue (AU17 bulges the chin boss and
+  deepens the furrow under the lower lip; AU23 narrows the red lips, without AU14's
+  corner pull); 17.. are smaller random localised mixtures (seeded).
 * ``posedirs``: throat/neck folds for neck rotations, a bulge under the chin and
   drawn-in cheeks for jaw opening, upper lids that follow the eyes' vertical gaze.
 * ``eyelid_dirs`` [2, V, 3]: left/right lid closing (FLAME 2023 style).

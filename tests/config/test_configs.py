@@ -79,3 +79,18 @@ def test_every_config_field_has_a_docstring():
                             and isinstance(nxt.value.value, str)):
                         missing.append(f"{node.name}.{stmt.target.id}")
     assert not missing, f"config fields without a docstring: {missing}"
+
+
+def test_synthetic_au_preset_is_the_synthetic_source_with_detector_settings():
+    """source=synthetic_au: the synthetic source (same job path) with the AU-detector settings;
+    the command line still wins over the preset."""
+    cfgmod.register_configs()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="prepare", overrides=["source=synthetic_au", "synthetic.image_size=112"])
+        plain = compose(config_name="prepare", overrides=["source=synthetic"])
+    obj = OmegaConf.to_object(cfg)
+    assert (obj.source, obj.input_uri, obj.num_views) == (plain.source, plain.input_uri, plain.num_views)
+    s = obj.synthetic
+    assert (s.free_au_fraction, s.jaw_noise_deg, s.expr_noise, s.store_vertices) == (0.9, 0.25, 0.1, False)
+    assert s.image_size == 112 and plain.synthetic.image_size == 224
+    assert plain.synthetic.jaw_noise_deg == 1.0  # the plain world keeps its nuisance

@@ -109,6 +109,44 @@ def test_au_components_are_localised_where_the_au_acts():
         assert (sign * corners > 1e-3).all(), (au, corners)
 
 
+
+def _vertex_normals(v: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """[V, 3] area-weighted unit vertex normals (naive scatter of face normals)."""
+    n = np.zeros_like(v)
+    fn = np.cross(v[faces[:, 1]] - v[faces[:, 0]], v[faces[:, 2]] - v[faces[:, 0]])
+    for k in range(3):
+        np.add.at(n, faces[:, k], fn)
+    return n / np.linalg.norm(n, axis=1, keepdims=True).clip(1e-12)
+
+
+def test_every_au_changes_shading_and_confusable_aus_have_their_own_cue():
+    """On plain skin an image detector sees an AU through the surface normals it turns
+    (shading) more than through a smooth shift, which in one image looks like another
+    identity. Every AU of the nose, cheeks, mouth and chin at intensity 1 turns some normal by
+    20+ degrees (AU17 and AU23 once turned theirs by 12-14 degrees; brow and lid AUs also move
+    the brows' and lids' own colour edges), and AU23 (lip tightener) no longer shares AU14's
+    corner pull (their fields had cosine 0.60)."""
+    d = head()
+    v, faces = d.v_template.astype(np.float64), d.faces.astype(np.int64)
+    n0 = _vertex_normals(v, faces)
+    for au in (9, 10, 12, 14, 15, 17, 20, 23):
+        n1 = _vertex_normals(v + d.exprdirs[:, :, au_index(au)], faces)
+        turn = np.degrees(np.arccos(np.clip((n0 * n1).sum(1), -1.0, 1.0)))
+        assert turn.max() > 20.0, f"AU{au} turns surface normals by {turn.max():.1f} deg at most"
+    a14, a23 = (d.exprdirs[:, :, au_index(a)].ravel() for a in (14, 23))
+    cos = float(a14 @ a23 / (np.linalg.norm(a14) * np.linalg.norm(a23)))
+    assert cos < 0.4, f"AU14 and AU23 fields have cosine {cos:.2f}"
+    # AU17 pushes the lower lip and the chin boss forward, the furrow between them much less
+    # (it deepens): along the face's outer midline (z > 75 mm excludes the mouth's inside;
+    # the head's slit is at y = -50 mm, its chin at -83 mm) forward, back, forward.
+    mid = (np.abs(v[:, 0]) < 0.004) & (v[:, 2] > 0.075)
+    dz = d.exprdirs[:, 2, au_index(17)]
+
+    def peak(lo, hi):
+        return dz[mid & (v[:, 1] > lo) & (v[:, 1] < hi)].max()
+
+    lip, furrow, boss = peak(-0.060, -0.054), peak(-0.066, -0.061), peak(-0.075, -0.069)
+    assert furrow < 0.5 * min(lip, boss), f"AU17 forward motion: lip {lip:.4f}, furrow {furrow:.4f}, boss {boss:.4f} m"
 def test_jaw_opening_parts_the_lips_and_au_map_drives_the_jaw():
     d = head()
     layer = FlameLayer(d, n_shape=10, n_expr=NUM_AUS)

@@ -259,21 +259,30 @@ def au_fields(frame: FaceFrame, lids: LidModel) -> dict[int, np.ndarray]:
     # AU15 lip corner depressor: corners down.
     corner15 = _corner_weight(f, 0.015, 0.013, 0.013)
     au[15] = f.finish(f.vec(0.0008 * sx * corner15, -0.0055 * corner15, -0.0005 * corner15))
-    # AU17 chin raiser: chin up, lower lip pushed up and out (both lips move together).
+    # AU17 chin raiser: chin up, lower lip pushed up and out (both lips move together); the
+    # chin boss bulges forward and the furrow between it and the lower lip deepens (FACS). The
+    # bulge and the furrow are local changes of the surface normal, so they show in shading: a
+    # broad chin lift alone looks like a shorter chin, an identity trait, in a single image.
     chin = _g(x, y, 0.0, lay.chin_y + 0.003, 0.020, 0.016) * front
     pout = _g(x, y, 0.0, my - 0.006, 0.020, 0.009) * front
-    au[17] = f.finish(f.vec(0.0, 0.0040 * chin + 0.0020 * pout, 0.0010 * chin + 0.0022 * pout))
+    boss = _g(x, y, 0.0, lay.chin_y + 0.011, 0.013, 0.007) * front
+    furrow = _g(x, y, 0.0, my - lay.lower_lip_height - 0.004, 0.014, 0.004) * front * (f.lip_side < 0)
+    au[17] = f.finish(f.vec(0.0, 0.0040 * chin + 0.0020 * pout,
+                            0.0010 * chin + 0.0022 * pout + 0.0025 * boss - 0.0020 * furrow))
     # AU20 lip stretcher: corners sideways and a little down, lips flatten.
     corner20 = _corner_weight(f, 0.022, 0.016, 0.012)
     lips_flat = _g(x, y, 0.0, my, 0.020, 0.010) * front
     au[20] = f.finish(f.vec(0.0055 * sx * corner20, -0.0015 * corner20,
                             -0.0012 * corner20 - 0.0010 * lips_flat))
-    # AU23 lip tightener: red lips narrow towards the slit and press back, corners in.
+    # AU23 lip tightener: red lips narrow towards the slit and press back, and the skin just
+    # past the red borders bunches forward into a rim (FACS). The corners stay where they are:
+    # pulling them in is AU14's cue (dimpler), which AU23 used to share.
     red = np.exp(-((x / (mw + 0.003)) ** 6)) * front
     thin = np.exp(-((f.dy_slit / 0.008) ** 2)) * red
-    au[23] = f.finish(f.vec(-0.0020 * sx * _corner_weight(f, 0.014, 0.008, 0.008),
-                            -0.0022 * np.tanh(f.dy_slit / 0.004) * thin,
-                            -0.0015 * thin))
+    border = np.where(f.lip_side > 0, lay.upper_lip_height, lay.lower_lip_height)
+    rim = np.exp(-(((np.abs(f.dy_slit) - border - 0.002) / 0.003) ** 2)) * red
+    au[23] = f.finish(f.vec(0.0, -0.0035 * np.tanh(f.dy_slit / 0.004) * thin,
+                            -0.0020 * thin + 0.0015 * rim))
     # AU25 lips part: upper lip up a little, lower lip down (gap ~6 mm at the centre).
     au[25] = f.finish(_lips_part(f, 0.0018, 0.0045))
     # AU26 jaw drop (blendshape part; the jaw joint rotates too, see au_to_jaw):
