@@ -109,7 +109,6 @@ def test_au_components_are_localised_where_the_au_acts():
         assert (sign * corners > 1e-3).all(), (au, corners)
 
 
-
 def _vertex_normals(v: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """[V, 3] area-weighted unit vertex normals (naive scatter of face normals)."""
     n = np.zeros_like(v)
@@ -119,12 +118,12 @@ def _vertex_normals(v: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return n / np.linalg.norm(n, axis=1, keepdims=True).clip(1e-12)
 
 
-def test_every_au_changes_shading_and_confusable_aus_have_their_own_cue():
+def test_lower_face_aus_change_shading_and_au14_au23_au17_have_their_own_cues():
     """On plain skin an image detector sees an AU through the surface normals it turns
     (shading) more than through a smooth shift, which in one image looks like another
-    identity. Every AU of the nose, cheeks, mouth and chin at intensity 1 turns some normal by
-    20+ degrees (AU17 and AU23 once turned theirs by 12-14 degrees; brow and lid AUs also move
-    the brows' and lids' own colour edges), and AU23 (lip tightener) no longer shares AU14's
+    identity. Every AU of the nose, mouth and chin at intensity 1 turns some normal by 20+
+    degrees (AU17 and AU23 once turned theirs by 12-14 degrees; brow, lid and cheek AUs also
+    move the brows' and lids' own colour edges), and AU23 (lip tightener) no longer shares AU14's
     corner pull (their fields had cosine 0.60)."""
     d = head()
     v, faces = d.v_template.astype(np.float64), d.faces.astype(np.int64)
