@@ -20,8 +20,8 @@ import torch
 SIZE = 64
 CAMERA = (9.5, 0.0, 0.03)
 #: Measured (64 px, 2 threads): 200 steps reached 0.16 mm mean vertex error before the head's
-#: 2026-11-25 AU17/AU23 fields, 0.56 mm
-#: after; 300 steps: 0.06 mm (0.23 mm landmarks max, expression RMS 0.029), 400: 0.24 mm.
+#: 2026-11-25 AU17/AU23 fields, 0.56 mm after; 300 steps: 0.06 mm (0.23 mm landmarks max,
+#: expression RMS 0.029), 400: 0.24 mm.
 STEPS = 300
 
 
