@@ -145,7 +145,10 @@ def test_lower_face_aus_change_shading_and_au14_au23_au17_have_their_own_cues():
         return dz[mid & (v[:, 1] > lo) & (v[:, 1] < hi)].max()
 
     lip, furrow, boss = peak(-0.060, -0.054), peak(-0.066, -0.061), peak(-0.075, -0.069)
-    assert furrow < 0.5 * min(lip, boss), f"AU17 forward motion: lip {lip:.4f}, furrow {furrow:.4f}, boss {boss:.4f} m"
+    assert furrow < 0.5 * min(lip, boss), \
+        f"AU17 forward motion: lip {lip:.4f}, furrow {furrow:.4f}, boss {boss:.4f} m"
+
+
 def test_jaw_opening_parts_the_lips_and_au_map_drives_the_jaw():
     d = head()
     layer = FlameLayer(d, n_shape=10, n_expr=NUM_AUS)
