@@ -105,12 +105,21 @@ def yaw_to_contour_bin(yaw_deg: Tensor) -> Tensor:
     return torch.round(clamped).to(torch.int64) + MAX_CONTOUR_YAW_DEG
 
 
+def _tensor(array: np.ndarray, dtype: torch.dtype) -> Tensor:
+    a = np.ascontiguousarray(array)
+    if not a.flags.writeable:
+        # e.g. arrays of a head model shipped through Ray's object store (read-only shared
+        # memory): torch must not share memory it cannot write, so the buffer gets its own copy.
+        a = a.copy()
+    return torch.as_tensor(a, dtype=dtype)
+
+
 def _f32(array: np.ndarray) -> Tensor:
-    return torch.as_tensor(np.ascontiguousarray(array), dtype=torch.float32)
+    return _tensor(array, torch.float32)
 
 
 def _i64(array: np.ndarray) -> Tensor:
-    return torch.as_tensor(np.ascontiguousarray(array), dtype=torch.int64)
+    return _tensor(array, torch.int64)
 
 
 class FlameLayer(nn.Module):

@@ -171,10 +171,14 @@ class CharacterWriter:
     """
 
     def __init__(self, settings: Any, data: Any, step: int, device: Any = "cpu"):
+        from dcnn_flame.io.gltf import split_seams
+
         self.s = settings
         self.faces = np.asarray(data.faces, dtype=np.int64)
         self.uv_coords = None if data.uv_coords is None else np.asarray(data.uv_coords, dtype=np.float32)
         self.uv_faces = None if data.uv_faces is None else np.asarray(data.uv_faces, dtype=np.int64)
+        # The UV seam split is the same for every character: computed once per actor.
+        self.seams = None if self.uv_faces is None else split_seams(self.faces, self.uv_faces)
         self.step = int(step)
         self.preview = (PreviewRenderer(data, settings.preview_size, device)
                         if settings.preview and self.uv_coords is not None else None)
@@ -215,7 +219,7 @@ class CharacterWriter:
         self._put(glb_uri, glb_bytes(neutral, self.faces, self.uv_coords, self.uv_faces,
                                      morph_targets={n: meshes[k] for k, n in enumerate(names)},
                                      texture_png=tex if self.uv_coords is not None else None,
-                                     name=key, extras=extras))
+                                     name=key, extras=extras, seams=self.seams))
         self._put(character_uri(run, key, "albedo.png"), tex)
         obj_uris: dict[str, Optional[str]] = {}
         if s.write_obj:

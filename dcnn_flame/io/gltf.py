@@ -96,9 +96,10 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     v = vertices.astype(np.float64)
     tri = v[faces]
     face_n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])  # length = 2 * area
-    n = np.zeros_like(v)
-    for k in range(3):
-        np.add.at(n, faces[:, k], face_n)
+    # Scatter-add of each face normal onto its 3 corners (bincount: about twice as fast as np.add.at).
+    corner = np.asarray(faces).reshape(-1)
+    n = np.stack([np.bincount(corner, weights=np.repeat(face_n[:, c], 3), minlength=len(v)) for c in range(3)],
+                 axis=1)
     length = np.linalg.norm(n, axis=1, keepdims=True)
     out = np.where(length > 1e-20, n / np.maximum(length, 1e-300), 0.0)
     out[length[:, 0] <= 1e-20] = (0.0, 0.0, 1.0)  # glTF requires unit normals
@@ -168,6 +169,7 @@ def glb_bytes(
     target_normals: bool = False,
     name: str = "character",
     extras: Optional[Mapping[str, Any]] = None,
+    seams: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None,
 ) -> bytes:
     """A binary glTF 2.0 file with one mesh, morph targets and an optional embedded texture.
 
@@ -184,6 +186,8 @@ def glb_bytes(
         target_normals: also write NORMAL deltas for every morph target (needs ``normals``).
         name: mesh and node name.
         extras: JSON-serialisable metadata stored in ``asset.extras`` (model version, ...).
+        seams: ``split_seams(faces, uv_faces)`` computed once by a caller that writes many meshes
+            of one topology (the batch job); None = computed here.
 
     Returns:
         The GLB file as bytes.
@@ -225,7 +229,14 @@ def glb_bytes(
             raise ValueError(f"uv_faces must be [F,3] like faces {f.shape}, got {uf.shape}")
         if uf.min() < 0 or uf.max() >= len(uv):
             raise ValueError(f"uv_faces indices out of range [0, {len(uv)})")
-        vidx, uvidx, out_faces = split_seams(f, uf)
+        if seams is None:
+            vidx, uvidx, out_faces = split_seams(f, uf)
+        else:
+            vidx, uvidx, out_faces = (np.asarray(a, dtype=np.int64) for a in seams)
+            if out_faces.shape != f.shape or len(vidx) != len(uvidx) or (
+                    len(vidx) and (vidx.max() >= len(v) or uvidx.max() >= len(uv))):
+                raise ValueError("seams do not belong to these faces/uv_coords; pass split_seams(faces, uv_faces) "
+                                 "of this mesh (or None)")
         texcoord = uv[uvidx].copy()
         texcoord[:, 1] = 1.0 - texcoord[:, 1]  # OBJ v-up -> glTF v-down
     else:

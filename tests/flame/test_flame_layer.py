@@ -410,6 +410,26 @@ def test_buffers_properties_and_no_state_in_checkpoints(model):
     assert len(layer.state_dict()) == 0 and len(list(layer.parameters())) == 0
 
 
+def test_read_only_model_arrays_give_own_buffers(recwarn):
+    """A head model from Ray's object store has read-only arrays: the layer's buffers get their
+    own memory (torch must not share memory it cannot write) and give the same mesh."""
+    data = make_random_flame(seed=2)
+    ref = FlameLayer(data, n_shape=8, n_expr=6, use_eyelids=True)
+    for name in ("v_template", "shapedirs", "exprdirs", "posedirs", "j_regressor", "lbs_weights", "faces",
+                 "eyelid_dirs"):
+        arr = np.array(getattr(data, name), dtype=np.float32 if name != "faces" else np.int64)
+        arr.flags.writeable = False
+        setattr(data, name, arr)
+    layer = FlameLayer(data, n_shape=8, n_expr=6, use_eyelids=True)
+    assert not [w for w in recwarn if "not writable" in str(w.message)]
+    for name in ("v_template", "exprdirs", "j_regressor", "lbs_weights", "eyelid_dirs"):
+        assert not np.shares_memory(getattr(layer, name).numpy(), getattr(data, name)), name
+    g = torch.Generator().manual_seed(0)
+    shape, expr = torch.randn(2, 8, generator=g), torch.randn(2, 6, generator=g)
+    torch.testing.assert_close(layer(shape=shape, expression=expr).vertices,
+                               ref(shape=shape, expression=expr).vertices)
+
+
 def test_errors_say_what_is_wrong(model):
     with pytest.raises(ValueError, match="n_shape=9 .* 8 shape components"):
         FlameLayer(model, n_shape=9, n_expr=6)

@@ -250,3 +250,13 @@ def test_bad_faces_and_uv_faces():
         gltf.glb_bytes(v, f, uv, uf[:-1])
     with pytest.raises(ValueError, match="together"):
         gltf.glb_bytes(v, f, uv_coords=uv)
+
+
+def test_precomputed_seams_give_the_same_file_and_are_checked():
+    v, f, uv, uf = _cylinder(5)
+    seams = gltf.split_seams(f, uf)
+    targets = {"t": v + 0.25}
+    assert gltf.glb_bytes(v, f, uv, uf, targets, seams=seams) == gltf.glb_bytes(v, f, uv, uf, targets)
+    _, f2, _, uf2 = _cylinder(4)
+    with pytest.raises(ValueError, match="seams do not belong"):
+        gltf.glb_bytes(v, f, uv, uf, seams=gltf.split_seams(f2, uf2))

@@ -1,0 +1,232 @@
+"""Batch-generation throughput (jobs/generate.py): model stage, actor stage and whole job.
+
+    python benchmarks/bm_generate.py                # CPU: 24 characters, the demo architecture
+    python benchmarks/bm_generate.py --arch paper --device cuda --bf16 --characters 20000 --unique 64 \
+        --batch-size 64 --decode-batch-size 64 --num-actors 4 --num-gpus 0.25 --num-cpus-per-actor 2
+
+Target on one H200 machine: >= 500 characters/s for the whole job with 9 expressions each (the
+paper's Figure 8 set, the default here). Prints one line per measurement:
+
+- model:  the network forward of the actor (DCNN-FLAME + the AU detector when ``--teachers`` is
+  given) on a batch of crops already on the device: images/s.
+- actor:  one reconstruction actor without Ray (:class:`~dcnn_flame.generation.predictor.Reconstructor`
+  called on batches of preprocessed characters): decode the crops, reconstruct, retarget every
+  expression, write the GLB, the preview and the Parquet rows. Characters/s and images/s, with
+  the split of its time (reconstruct / retarget+write) from the actor's own status rows.
+- job:    the whole Ray Data job (:func:`dcnn_flame.generation.pipeline.run`: read, detect,
+  align, actor pool, writes) over a manifest of ``--characters`` characters: characters/s and
+  images/s of its Ray stage (the summary's own numbers) and the wall time with set-up.
+
+The library is ``--unique`` rendered portraits (the demo's sample library) that the manifest
+cycles through under distinct character ids, so every character is decoded, detected,
+reconstructed and written on its own. The checkpoint is untrained unless ``--checkpoint`` is
+given (throughput does not depend on the weights); ``--arch paper`` is the paper's ResNet-50 at
+224 px, ``--arch demo`` the demo's small model. Nothing is asserted: numbers are printed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from typing import Optional
+
+import torch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_inputs(workdir: str, unique: int, characters: int, images_per_character: int,
+                image_size: int) -> tuple[str, list[str]]:
+    """Portraits under ``<workdir>/library`` and a manifest CSV of ``characters`` ids -> its path, ids."""
+    import pandas as pd
+
+    from dcnn_flame.generation.demo import make_sample_library
+
+    lib = os.path.join(workdir, "library")
+    uids = make_sample_library(lib, count=unique, image_size=image_size)
+    portraits = [os.path.join(lib, u, "portrait.png") for u in uids]
+    rows = []
+    ids = [f"bm_{i:06d}" for i in range(characters)]
+    for i, cid in enumerate(ids):
+        for j in range(images_per_character):
+            rows.append({"character_id": cid, "image_uri": portraits[(i + j) % unique]})
+    manifest = os.path.join(workdir, f"manifest_{characters}x{images_per_character}.csv")
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    return manifest, ids
+
+
+def make_checkpoint(workdir: str, arch: str) -> str:
+    """An untrained checkpoint of the chosen architecture (cached in ``workdir``)."""
+    from dcnn_flame.generation.demo import demo_model_config, train_demo_checkpoint
+    from dcnn_flame.model.config import ModelConfig
+
+    path = os.path.join(workdir, f"checkpoint_{arch}")
+    if not os.path.exists(os.path.join(path, "model.pt")):
+        cfg = demo_model_config() if arch == "demo" else ModelConfig()
+        train_demo_checkpoint(path, steps=0, model_cfg=cfg)
+    return path
+
+
+def bench_model(loaded, device: torch.device, batch: int, iters: int, bf16: bool) -> float:
+    """images/s of the actor's network forward (reconstruct()) on [batch, 1, 3, S, S] crops on the device."""
+    from dcnn_flame.generation.predictor import reconstruct
+
+    size = int(loaded.model.cfg.image_size)
+    x = torch.rand(batch, 1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    reconstruct(loaded, x, bf16)
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(iters):
+        reconstruct(loaded, x, bf16)
+    _sync(device)
+    return batch * iters / (time.perf_counter() - t)
+
+
+def bench_actor(cfg, checkpoint: str, manifest_ids: list[str], manifest: str, characters: int, batch: int,
+                workdir: str) -> dict:
+    """One Reconstructor on preprocessed rows (decode/align done beforehand, untimed)."""
+    import pandas as pd
+    import pyarrow as pa
+
+    import dcnn_flame
+    from dcnn_flame.generation.pipeline import decode_settings, resolve_bank, storage_options
+    from dcnn_flame.generation.predictor import ActorSettings, Reconstructor
+    from dcnn_flame.generation.preprocess import OUTPUT_SCHEMA, preprocess_character
+    from dcnn_flame.io import storage
+
+    options = storage_options(cfg)
+    names, bank_au = resolve_bank(cfg, options)
+    dsettings, _ = decode_settings(cfg, options, cfg.detector)
+    table = pd.read_csv(manifest)
+    by_id = table.groupby("character_id", sort=False)["image_uri"].apply(list)
+    rows, cache = [], {}
+    for cid in manifest_ids[:characters]:
+        uris = by_id[cid]
+        key = tuple(uris)
+        if key not in cache:
+            cache[key] = preprocess_character(cid, cid, uris, [-1] * len(uris), dsettings)
+        rows.append(dict(cache[key], character_id=cid, character_key=storage.safe_key(cid)))
+    run_uri = os.path.join(workdir, "actor_out")
+    shutil.rmtree(run_uri, ignore_errors=True)
+    settings = ActorSettings(
+        checkpoint_uri=checkpoint, run_uri=run_uri, run_name="bm-actor", storage=options, bank_names=tuple(names),
+        bank_au=tuple(tuple(float(x) for x in r) for r in bank_au), teachers_path=cfg.teachers_path,
+        device=cfg.device, bf16=cfg.bf16, write_obj=cfg.write_obj, preview=cfg.preview,
+        preview_size=cfg.preview_size, bake_detail=cfg.bake_detail, model_version=dcnn_flame.__version__)
+    actor = Reconstructor(settings)
+    batches = [pa.Table.from_pylist(rows[i:i + batch], schema=OUTPUT_SCHEMA) for i in range(0, len(rows), batch)]
+    actor(batches[0])  # warm-up (lazy initialisation, cuDNN autotuning), untimed
+    t = time.perf_counter()
+    status = [actor(b) for b in batches]
+    _sync(actor.device)
+    wall = time.perf_counter() - t
+    st = pa.concat_tables(status).to_pandas()
+    ok = int((st["status"] == "ok").sum())
+    return {"characters": len(rows), "ok": ok, "images": int(st["num_images"].sum()), "wall_s": wall,
+            "reconstruct_ms": float(st["reconstruct_ms"].mean()), "write_ms": float(st["write_ms"].mean()),
+            "expressions": len(names), "load_s": actor.load_s}
+
+
+def bench_job(cfg) -> dict:
+    """The whole job through pipeline.run (a fresh run name, so every character runs)."""
+    from dcnn_flame.generation.pipeline import run
+
+    summary = run(cfg)
+    return {"characters": summary.completed + summary.failed, "ok": summary.completed,
+            "failed": summary.failed, "images": summary.images, "stage_s": summary.stage_s,
+            "elapsed_s": summary.elapsed_s, "cps": summary.characters_per_s, "ips": summary.images_per_s,
+            "expressions": summary.expressions}
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    from dcnn_flame.config import GenerateConfig, RayConfig
+    from dcnn_flame.generation.emotions import FIGURE8_EXPRESSIONS
+    from dcnn_flame.generation.predictor import load_model
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast of the network forward (CUDA)")
+    ap.add_argument("--arch", choices=("demo", "paper"), default="demo",
+                    help="untrained checkpoint: the demo's small model or the paper's ResNet-50 at 224 px")
+    ap.add_argument("--checkpoint", default=None, help="a trained checkpoint instead (directory or run)")
+    ap.add_argument("--teachers", default=None, help="AU detector file (adds its forward to the model stage)")
+    ap.add_argument("--characters", type=int, default=24, help="characters of the whole-job run")
+    ap.add_argument("--actor-characters", type=int, default=None,
+                    help="characters of the actor-stage run (default: --characters, at most 512)")
+    ap.add_argument("--unique", type=int, default=8, help="distinct rendered portraits the manifest cycles")
+    ap.add_argument("--images-per-character", type=int, default=1)
+    ap.add_argument("--image-size", type=int, default=256, help="side of the rendered portraits")
+    ap.add_argument("--expressions", default=",".join(FIGURE8_EXPRESSIONS),
+                    help="comma-separated bank names (default: the paper's 9 Figure 8 expressions)")
+    ap.add_argument("--batch-size", type=int, default=4, help="characters per actor batch")
+    ap.add_argument("--decode-batch-size", type=int, default=4)
+    ap.add_argument("--num-actors", type=int, default=1)
+    ap.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor (e.g. 0.25: 4 actors per GPU)")
+    ap.add_argument("--num-cpus-per-actor", type=float, default=1.0)
+    ap.add_argument("--model-batch", type=int, default=None, help="images per forward of the model run "
+                    "(default: 256 on CUDA, 16 on CPU)")
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--no-preview", action="store_true", help="skip preview.png (its render costs)")
+    ap.add_argument("--obj", action="store_true", help="also write OBJ files")
+    ap.add_argument("--detector", default="center", help="face boxes: center (the portraits are centred), "
+                    "s3fd, opencv or auto")
+    ap.add_argument("--stages", default="model,actor,job", help="which measurements to run")
+    ap.add_argument("--workdir", default=None, help="inputs and outputs (default: a temporary folder)")
+    args = ap.parse_args(argv)
+
+    stages = {s.strip() for s in args.stages.split(",") if s.strip()}
+    unknown = stages - {"model", "actor", "job"}
+    if unknown:
+        raise SystemExit(f"unknown --stages {sorted(unknown)}; choose from model, actor, job")
+    workdir = args.workdir or tempfile.mkdtemp(prefix="bm_generate_")
+    os.makedirs(workdir, exist_ok=True)
+    device = torch.device(args.device)
+    t0 = time.perf_counter()
+    manifest, ids = make_inputs(workdir, args.unique, args.characters, args.images_per_character, args.image_size)
+    checkpoint = args.checkpoint or make_checkpoint(workdir, args.arch)
+    print(f"device={device} bf16={args.bf16} arch={'checkpoint' if args.checkpoint else args.arch} "
+          f"threads={torch.get_num_threads()} cpus={os.cpu_count()} workdir={workdir} "
+          f"(inputs {time.perf_counter() - t0:.1f}s)", flush=True)
+    cfg = GenerateConfig(
+        manifest_uri=manifest, checkpoint=checkpoint, output_uri=os.path.join(workdir, "out"),
+        name=f"bm-{int(time.time())}", overwrite=True, teachers_path=args.teachers,
+        expressions=[e.strip() for e in args.expressions.split(",") if e.strip()], preview=not args.no_preview,
+        write_obj=args.obj, batch_size=args.batch_size, decode_batch_size=args.decode_batch_size,
+        num_actors=args.num_actors, num_gpus=args.num_gpus, num_cpus_per_actor=args.num_cpus_per_actor,
+        device=args.device, bf16=args.bf16, detector=args.detector, progress=False, ray=RayConfig())
+
+    if "model" in stages:
+        loaded = load_model(checkpoint, teachers_path=args.teachers)
+        loaded.model.to(device)
+        if loaded.au_net is not None:
+            loaded.au_net.to(device)
+        mb = args.model_batch or (256 if device.type == "cuda" else 16)
+        ips = bench_model(loaded, device, mb, args.iters, args.bf16)
+        au = "with" if loaded.au_net is not None else "without"
+        print(f"model: forward {au} AU detector, batch {mb} at {loaded.model.cfg.image_size} px: "
+              f"{ips:10.1f} images/s", flush=True)
+        del loaded
+    if "actor" in stages:
+        n = args.actor_characters or min(args.characters, 512)
+        r = bench_actor(cfg, checkpoint, ids, manifest, n, args.batch_size, workdir)
+        rest = 1000.0 * r["wall_s"] / r["characters"] - r["reconstruct_ms"] - r["write_ms"]
+        print(f"actor: {r['ok']}/{r['characters']} characters x {r['expressions']} expressions in "
+              f"{r['wall_s']:.2f}s: {r['characters'] / r['wall_s']:10.2f} characters/s, "
+              f"{r['images'] / r['wall_s']:10.2f} images/s (per character: decode crops + reconstruct "
+              f"{r['reconstruct_ms']:.1f} ms, write {r['write_ms']:.1f} ms, retarget and the rest "
+              f"{rest:.1f} ms; checkpoint load {r['load_s']:.1f}s)",
+              flush=True)
+    if "job" in stages:
+        r = bench_job(cfg)
+        print(f"job: {r['ok']}/{r['characters']} characters ({r['failed']} failed) x {r['expressions']} "
+              f"expressions, Ray stage {r['stage_s']:.2f}s: {r['cps']:10.2f} characters/s, {r['ips']:10.2f} "
+              f"images/s ({r['elapsed_s']:.1f}s with set-up)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
