@@ -234,7 +234,8 @@ def glb_bytes(
         else:
             vidx, uvidx, out_faces = (np.asarray(a, dtype=np.int64) for a in seams)
             if out_faces.shape != f.shape or len(vidx) != len(uvidx) or (
-                    len(vidx) and (vidx.max() >= len(v) or uvidx.max() >= len(uv))):
+                    len(vidx) and (vidx.max() >= len(v) or uvidx.max() >= len(uv)
+                                   or out_faces.max() >= len(vidx))):
                 raise ValueError("seams do not belong to these faces/uv_coords; pass split_seams(faces, uv_faces) "
                                  "of this mesh (or None)")
         texcoord = uv[uvidx].copy()
