@@ -7,12 +7,16 @@
 Target on one H200 machine: >= 500 characters/s for the whole job with 9 expressions each (the
 paper's Figure 8 set, the default here). Prints one line per measurement:
 
+- decode: the CPU decode stage alone in this process (read, decode, find the face, align, the
+  raw crop the actors get) over the portraits: images/s per process (one core's share).
 - model:  the network forward of the actor (DCNN-FLAME + the AU detector when ``--teachers`` is
   given) on a batch of crops already on the device: images/s.
 - actor:  one reconstruction actor without Ray (:class:`~dcnn_flame.generation.predictor.Reconstructor`
   called on batches of preprocessed characters): decode the crops, reconstruct, retarget every
   expression, write the GLB, the preview and the Parquet rows. Characters/s and images/s, with
   the split of its time (reconstruct / retarget+write) from the actor's own status rows.
+  ``--write-threads 1,4`` measures it once per value, side by side (threads per actor that
+  retarget and write the characters of a batch in parallel).
 - job:    the whole Ray Data job (:func:`dcnn_flame.generation.pipeline.run`: read, detect,
   align, actor pool, writes) over a manifest of ``--characters`` characters: characters/s and
   images/s of its Ray stage (the summary's own numbers) and the wall time with set-up.
@@ -26,6 +30,7 @@ given (throughput does not depend on the weights); ``--arch paper`` is the paper
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -87,6 +92,24 @@ def bench_model(loaded, device: torch.device, batch: int, iters: int, bf16: bool
     return batch * iters / (time.perf_counter() - t)
 
 
+def bench_decode(cfg, manifest: str, images: int) -> dict:
+    """Stage 1 (preprocess_character) on ``images`` images of the manifest, one after the other."""
+    import pandas as pd
+
+    from dcnn_flame.generation.pipeline import decode_settings, storage_options
+    from dcnn_flame.generation.preprocess import _tools, preprocess_character
+
+    dsettings, _ = decode_settings(cfg, storage_options(cfg), cfg.detector)
+    uris = pd.read_csv(manifest)["image_uri"].tolist()[:images]
+    _tools(dsettings)  # detector/landmarker loading is not per image
+    preprocess_character("warm", "warm", uris[:1], [-1], dsettings)
+    t = time.perf_counter()
+    ok = 0
+    for i, u in enumerate(uris):
+        ok += len(preprocess_character(f"c{i}", f"c{i}", [u], [-1], dsettings)["images"])
+    return {"images": len(uris), "ok": ok, "wall_s": time.perf_counter() - t}
+
+
 def bench_actor(cfg, checkpoint: str, manifest_ids: list[str], manifest: str, characters: int, batch: int,
                 workdir: str) -> dict:
     """One Reconstructor on preprocessed rows (decode/align done beforehand, untimed)."""
@@ -117,7 +140,8 @@ def bench_actor(cfg, checkpoint: str, manifest_ids: list[str], manifest: str, ch
         checkpoint_uri=checkpoint, run_uri=run_uri, run_name="bm-actor", storage=options, bank_names=tuple(names),
         bank_au=tuple(tuple(float(x) for x in r) for r in bank_au), teachers_path=cfg.teachers_path,
         device=cfg.device, bf16=cfg.bf16, write_obj=cfg.write_obj, preview=cfg.preview,
-        preview_size=cfg.preview_size, bake_detail=cfg.bake_detail, model_version=dcnn_flame.__version__)
+        preview_size=cfg.preview_size, bake_detail=cfg.bake_detail, model_version=dcnn_flame.__version__,
+        write_threads=cfg.write_threads)
     actor = Reconstructor(settings)
     batches = [pa.Table.from_pylist(rows[i:i + batch], schema=OUTPUT_SCHEMA) for i in range(0, len(rows), batch)]
     actor(batches[0])  # warm-up (lazy initialisation, cuDNN autotuning), untimed
@@ -168,6 +192,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--num-actors", type=int, default=1)
     ap.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor (e.g. 0.25: 4 actors per GPU)")
     ap.add_argument("--num-cpus-per-actor", type=float, default=1.0)
+    ap.add_argument("--write-threads", default="1", help="threads per actor that retarget and write; a "
+                    "comma-separated list (e.g. 1,4) runs the actor and job stages once per value, side by side")
     ap.add_argument("--model-batch", type=int, default=None, help="images per forward of the model run "
                     "(default: 256 on CUDA, 16 on CPU)")
     ap.add_argument("--iters", type=int, default=3)
@@ -175,14 +201,20 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--obj", action="store_true", help="also write OBJ files")
     ap.add_argument("--detector", default="center", help="face boxes: center (the portraits are centred), "
                     "s3fd, opencv or auto")
-    ap.add_argument("--stages", default="model,actor,job", help="which measurements to run")
+    ap.add_argument("--stages", default="decode,model,actor,job", help="which measurements to run")
     ap.add_argument("--workdir", default=None, help="inputs and outputs (default: a temporary folder)")
     args = ap.parse_args(argv)
 
     stages = {s.strip() for s in args.stages.split(",") if s.strip()}
-    unknown = stages - {"model", "actor", "job"}
+    unknown = stages - {"decode", "model", "actor", "job"}
     if unknown:
-        raise SystemExit(f"unknown --stages {sorted(unknown)}; choose from model, actor, job")
+        raise SystemExit(f"unknown --stages {sorted(unknown)}; choose from decode, model, actor, job")
+    try:
+        write_threads = [int(x) for x in args.write_threads.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"--write-threads must be integers separated by commas, got {args.write_threads!r}")
+    if not write_threads or min(write_threads) < 1:
+        raise SystemExit(f"--write-threads values must be >= 1, got {args.write_threads!r}")
     workdir = args.workdir or tempfile.mkdtemp(prefix="bm_generate_")
     os.makedirs(workdir, exist_ok=True)
     device = torch.device(args.device)
@@ -200,6 +232,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         num_actors=args.num_actors, num_gpus=args.num_gpus, num_cpus_per_actor=args.num_cpus_per_actor,
         device=args.device, bf16=args.bf16, detector=args.detector, progress=False, ray=RayConfig())
 
+    if "decode" in stages:
+        r = bench_decode(cfg, manifest, min(args.characters * args.images_per_character, 256))
+        print(f"decode: {r['ok']}/{r['images']} images in {r['wall_s']:.2f}s: "
+              f"{r['images'] / r['wall_s']:10.2f} images/s in one process "
+              f"({1000.0 * r['wall_s'] / r['images']:.2f} ms per image, detector={args.detector})", flush=True)
     if "model" in stages:
         loaded = load_model(checkpoint, teachers_path=args.teachers)
         loaded.model.to(device)
@@ -211,22 +248,27 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"model: forward {au} AU detector, batch {mb} at {loaded.model.cfg.image_size} px: "
               f"{ips:10.1f} images/s", flush=True)
         del loaded
-    if "actor" in stages:
-        n = args.actor_characters or min(args.characters, 512)
-        r = bench_actor(cfg, checkpoint, ids, manifest, n, args.batch_size, workdir)
-        rest = 1000.0 * r["wall_s"] / r["characters"] - r["reconstruct_ms"] - r["write_ms"]
-        print(f"actor: {r['ok']}/{r['characters']} characters x {r['expressions']} expressions in "
-              f"{r['wall_s']:.2f}s: {r['characters'] / r['wall_s']:10.2f} characters/s, "
-              f"{r['images'] / r['wall_s']:10.2f} images/s (per character: decode crops + reconstruct "
-              f"{r['reconstruct_ms']:.1f} ms, write {r['write_ms']:.1f} ms, retarget and the rest "
-              f"{rest:.1f} ms; checkpoint load {r['load_s']:.1f}s)",
-              flush=True)
-    if "job" in stages:
-        r = bench_job(cfg)
-        print(f"job: {r['ok']}/{r['characters']} characters ({r['failed']} failed) x {r['expressions']} "
-              f"expressions, Ray stage {r['stage_s']:.2f}s: {r['cps']:10.2f} characters/s, {r['ips']:10.2f} "
-              f"images/s ({r['elapsed_s']:.1f}s with set-up)", flush=True)
-
+    for wt in write_threads:
+        cfg = dataclasses.replace(cfg, write_threads=wt, name=f"bm-{int(time.time())}-w{wt}")
+        if "actor" in stages:
+            n = args.actor_characters or min(args.characters, 512)
+            r = bench_actor(cfg, checkpoint, ids, manifest, n, args.batch_size, workdir)
+            if wt == 1:
+                rest = 1000.0 * r["wall_s"] / r["characters"] - r["reconstruct_ms"] - r["write_ms"]
+                split = (f"per character: decode crops + reconstruct {r['reconstruct_ms']:.1f} ms, write "
+                         f"{r['write_ms']:.1f} ms, retarget and the rest {rest:.1f} ms")
+            else:  # the characters' retarget/write times overlap: only their means mean something
+                split = (f"per character, overlapping: reconstruct {r['reconstruct_ms']:.1f} ms, "
+                         f"write {r['write_ms']:.1f} ms")
+            print(f"actor (write_threads={wt}): {r['ok']}/{r['characters']} characters x {r['expressions']} "
+                  f"expressions in {r['wall_s']:.2f}s: {r['characters'] / r['wall_s']:10.2f} characters/s, "
+                  f"{r['images'] / r['wall_s']:10.2f} images/s ({split}; checkpoint load {r['load_s']:.1f}s)",
+                  flush=True)
+        if "job" in stages:
+            r = bench_job(cfg)
+            print(f"job (write_threads={wt}): {r['ok']}/{r['characters']} characters ({r['failed']} failed) x "
+                  f"{r['expressions']} expressions, Ray stage {r['stage_s']:.2f}s: {r['cps']:10.2f} characters/s, "
+                  f"{r['ips']:10.2f} images/s ({r['elapsed_s']:.1f}s with set-up)", flush=True)
 
 if __name__ == "__main__":
     main()

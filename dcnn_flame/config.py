@@ -573,7 +573,11 @@ class GenerateConfig:
     num_gpus: float = 0.0
     """GPUs per reconstruction actor (0 = CPU actors)."""
     num_cpus_per_actor: float = 1.0
-    """CPUs reserved per reconstruction actor."""
+    """CPUs reserved per reconstruction actor (match write_threads on GPU actors)."""
+    write_threads: int = 1
+    """Characters of a batch that one reconstruction actor retargets and writes in parallel
+    (threads). Writing (GLB, PNG, Parquet, uploads) is CPU work that would leave a GPU actor's GPU
+    idle: use 3-4 on GPU actors with num_cpus_per_actor to match. 1 = one after the other."""
     device: str = "auto"
     """Torch device of the actors: "auto" (cuda when the actor has a GPU, else cpu), "cpu", "cuda"."""
     bf16: bool = False

@@ -100,7 +100,7 @@ class ShardTools:
 
 @dataclass
 class _View:
-    image: bytes
+    image: Any  # encoded bytes, or the [224, 224, 3] uint8 crop when prepare_view(encode=False)
     landmarks: list[float]
     landmarks5: list[float]
     source: str
@@ -118,8 +118,11 @@ def _finite(a: Optional[np.ndarray]) -> bool:
 
 
 def prepare_view(data: bytes, box: np.ndarray, lmk5: np.ndarray, settings: WorkerSettings,
-                 tools: ShardTools) -> _View:
-    """Decode, find the face, landmark and align one image (raises _Failure)."""
+                 tools: ShardTools, encode: bool = True) -> _View:
+    """Decode, find the face, landmark and align one image (raises _Failure).
+
+    ``encode=False`` keeps the aligned crop as a [224, 224, 3] uint8 array (for a consumer in
+    the same pipeline, such as the generation job, that would only decode it again)."""
     try:
         img = decode_image(data, min_size=settings.min_image_size, max_pixels=settings.max_image_pixels,
                            max_bytes=settings.max_image_bytes)
@@ -160,7 +163,7 @@ def prepare_view(data: bytes, box: np.ndarray, lmk5: np.ndarray, settings: Worke
         raise _Failure("align", "bad_box", str(exc)) from None
     aligned = A.warp_image(img, m, IMAGE_SIZE)
     return _View(
-        image=encode_image(aligned, settings.image_format, settings.jpeg_quality),
+        image=encode_image(aligned, settings.image_format, settings.jpeg_quality) if encode else aligned,
         landmarks=A.transform_points(m, lmk68).astype(np.float32).reshape(-1).tolist(),
         landmarks5=A.transform_points(m, lmk5).astype(np.float32).reshape(-1).tolist(),
         source=source,

@@ -211,8 +211,9 @@ def run(cfg: "GenerateConfig") -> GenerateSummary:
 
     t_start = time.time()
     options = storage_options(cfg)
-    if cfg.num_actors < 1 or cfg.batch_size < 1 or cfg.decode_batch_size < 1:
-        raise ValueError("num_actors, batch_size and decode_batch_size must be >= 1")
+    if min(cfg.num_actors, cfg.batch_size, cfg.decode_batch_size, cfg.write_threads) < 1:
+        raise ValueError(f"num_actors, batch_size, decode_batch_size and write_threads must be >= 1, got "
+                         f"{cfg.num_actors}, {cfg.batch_size}, {cfg.decode_batch_size}, {cfg.write_threads}")
     input_uri, checkpoint, detector, demo_lib = _demo_inputs(cfg, options)
     output_uri = storage.resolve(cfg.output_uri or storage.join(cfg.storage.uri, "generated"))
     run_name = cfg.name
@@ -284,8 +285,8 @@ def run(cfg: "GenerateConfig") -> GenerateSummary:
             performance_jaw=tuple(tuple(r) for r in perf_jaw), teachers_path=cfg.teachers_path,
             au_map_path=cfg.au_map_path, device=cfg.device, bf16=cfg.bf16, write_obj=cfg.write_obj,
             preview=cfg.preview, preview_size=cfg.preview_size, preview_max=cfg.preview_max,
-            bake_detail=cfg.bake_detail, model_version=dcnn_flame.__version__, fault_injection=cfg.fault_injection,
-            fs=out_fs)
+            bake_detail=cfg.bake_detail, model_version=dcnn_flame.__version__, write_threads=int(cfg.write_threads),
+            fault_injection=cfg.fault_injection, fs=out_fs)
         items = [{"character_id": t.character_id, "character_key": t.key, "image_uris": t.image_uris,
                   "sizes": t.sizes} for t in todo]
         blocks = max(1, min(len(items), -(-len(items) // cfg.decode_batch_size)))

@@ -10,11 +10,16 @@ retried batch overwrites rather than duplicates. It returns one small status row
 Characters of a batch with the same number of usable images run as one forward pass
 ``[B, V, 3, H, W]``: the model's identity branch gives one shape per character from all its
 views (the paper's multi-view identity); expression, pose and albedo are per view and averaged.
+
+After the forward pass each character is retargeted and written on its own; with
+``write_threads > 1`` the characters of a batch do this in a thread pool of the actor. On a GPU
+actor most of that time is CPU work that releases the GIL (zlib, Parquet, file and network
+I/O, torch kernels), so a few threads keep one actor's GPU busy instead of idle while it
+writes. The batch's status rows are returned only when all of its characters are written.
 """
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import time
@@ -63,6 +68,7 @@ class ActorSettings:
         bf16: bf16 autocast of the network forward on CUDA.
         write_obj, preview, preview_size, preview_max, bake_detail: output switches.
         model_version: package version stored in rows.
+        write_threads: characters of a batch retargeted and written in parallel (threads).
         fault_injection: test-only directory (see GenerateConfig.fault_injection).
         fs: fsspec filesystem of the output (and checkpoint) store built on the driver, carrying
             its credentials (:mod:`dcnn_flame.io.arrow_fs`); None = from ``storage``.
@@ -88,6 +94,7 @@ class ActorSettings:
     preview_max: int = 16
     bake_detail: bool = True
     model_version: str = ""
+    write_threads: int = 1
     fault_injection: Optional[str] = None
     fs: Any = None
 
@@ -153,15 +160,23 @@ def load_model(checkpoint_uri: str, options: Optional[StorageOptions] = None, fl
                        config=config)
 
 
-def decode_crops(pngs: list[bytes], size: int) -> torch.Tensor:
-    """PNG/JPEG crops -> [N, 3, size, size] float in [0, 1]."""
-    from PIL import Image
+def decode_crops(crops: list[bytes], size: int) -> torch.Tensor:
+    """Raw crops of the decode stage -> [N, 3, size, size] float in [0, 1].
 
-    arrs = []
-    for b in pngs:
-        with Image.open(io.BytesIO(b)) as im:
-            arrs.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
-    x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div_(255.0)
+    Args:
+        crops: N raw RGB crops, each :data:`~dcnn_flame.generation.preprocess.CROP_BYTES` bytes
+            ([CROP_SIZE, CROP_SIZE, 3] uint8, row-major), as ``preprocess_character`` makes them.
+        size: the model's input side (crops are resized when it differs from CROP_SIZE).
+    """
+    from dcnn_flame.generation.preprocess import CROP_BYTES, CROP_SIZE
+
+    bad = [len(c) for c in crops if len(c) != CROP_BYTES]
+    if bad:
+        raise ValueError(f"crops must be raw RGB {CROP_SIZE}x{CROP_SIZE} ({CROP_BYTES} bytes each, from "
+                         f"generation.preprocess), got lengths {bad[:3]}")
+    # bytearray: one writable copy (torch refuses to own read-only buffers without a warning)
+    arr = np.frombuffer(bytearray().join(crops), dtype=np.uint8).reshape(len(crops), CROP_SIZE, CROP_SIZE, 3)
+    x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
     if x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return x
@@ -247,6 +262,13 @@ class Reconstructor:
         self.perf_expr = (torch.tensor(s.performance_expression, dtype=torch.float32)
                           if s.performance_names else None)
         self.perf_jaw = torch.tensor(s.performance_jaw, dtype=torch.float32) if s.performance_names else None
+        if int(s.write_threads) < 1:
+            raise ValueError(f"write_threads must be >= 1, got {s.write_threads}")
+        self.pool = None
+        if int(s.write_threads) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(int(s.write_threads), thread_name_prefix="dcnn-flame-write")
         self.load_s = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ helpers
@@ -322,8 +344,17 @@ class Reconstructor:
                     status[i] = self._fail_character(rows[i], "reconstruct", "error", f"{type(exc).__name__}: {exc}")
                 continue
             per_char_ms = (time.perf_counter() - t0) * 1000.0 / len(idx)
-            for i, rec in zip(idx, recs):
-                status[i] = self._finish_character(rows[i], rec, per_char_ms)
+            if self.pool is None:
+                for i, rec in zip(idx, recs):
+                    status[i] = self._finish_character(rows[i], rec, per_char_ms)
+            else:
+                futures = [(i, self.pool.submit(self._finish_character, rows[i], rec, per_char_ms))
+                           for i, rec in zip(idx, recs)]
+                for i, fut in futures:
+                    try:
+                        status[i] = fut.result()
+                    except Exception as exc:  # noqa: BLE001 - _finish_character reports its own errors
+                        status[i] = self._fail_character(rows[i], "write", "error", f"{type(exc).__name__}: {exc}")
         return pa.Table.from_pylist(status, schema=STATUS_SCHEMA)
 
     def _fail_character(self, row: dict, stage: str, reason: str, detail: str) -> dict:

@@ -3,7 +3,9 @@
 The per-image work is the ingest's own (:func:`dcnn_flame.data.shard_writer.prepare_view`:
 decode with the typed reasons of :mod:`dcnn_flame.data.images`, face box from S3FD / OpenCV /
 centre crop, optional FAN landmarks, alignment to a 224x224 crop), so characters are cropped
-exactly like the training data. On top of it one check the ingest does not need: a crop with
+exactly like the training data. The crops go to the reconstruction actors as raw RGB bytes
+(:data:`CROP_BYTES` each), not PNG: encoding a crop only for the next stage to decode it
+again cost more than the rest of this stage (see docs/generation.md, "Throughput"). On top of it one check the ingest does not need: a crop with
 (almost) no contrast has no face in it (reason ``no_face``), which catches blank and flat
 images when no detector is available.
 
@@ -13,7 +15,6 @@ it into a failed character. Nothing here raises for bad data.
 """
 from __future__ import annotations
 
-import io
 import json
 import time
 from dataclasses import dataclass
@@ -22,16 +23,21 @@ from typing import Any, Optional
 import numpy as np
 import pyarrow as pa
 
+from dcnn_flame.constants import IMAGE_SIZE
 from dcnn_flame.data import shard_writer as sw
 from dcnn_flame.io import storage
 from dcnn_flame.io.storage import StorageOptions
+
+#: Side of the aligned crops (the ingest's) and the byte length of one raw RGB crop.
+CROP_SIZE = IMAGE_SIZE
+CROP_BYTES = CROP_SIZE * CROP_SIZE * 3
 
 #: Columns the stage adds (the input columns character_id, character_key, image_uris, sizes stay).
 OUTPUT_SCHEMA = pa.schema([
     pa.field("character_id", pa.string()),
     pa.field("character_key", pa.string()),
     pa.field("image_uris", pa.list_(pa.string())),
-    pa.field("images", pa.list_(pa.binary())),  # aligned 224x224 crops, PNG
+    pa.field("images", pa.list_(pa.binary())),  # aligned crops, raw RGB uint8 [CROP_SIZE, CROP_SIZE, 3]
     pa.field("image_ok_uris", pa.list_(pa.string())),  # the input URI of each crop
     pa.field("failures", pa.string()),  # JSON list of {input_uri, stage, reason, detail}
     pa.field("decode_ms", pa.float32()),
@@ -74,16 +80,14 @@ def _fs_for(uri: str, settings: DecodeSettings):
     return storage.get_fs(uri, settings.storage)
 
 
-def crop_std(png: bytes) -> float:
-    """Pixel standard deviation (0-255, over all channels) of an encoded crop."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(png)) as im:
-        return float(np.asarray(im.convert("RGB"), dtype=np.float32).std())
+def crop_std(crop: np.ndarray) -> float:
+    """Pixel standard deviation (0-255, over all channels) of a uint8 crop [H, W, 3]."""
+    return float(np.asarray(crop, dtype=np.float32).std())
 
 
 def prepare_image(uri: str, size: int, settings: DecodeSettings, tools: sw.ShardTools) -> bytes:
-    """Read one image and return its aligned crop (PNG bytes); raises ``shard_writer._Failure``."""
+    """Read one image and return its aligned crop as raw RGB bytes (:data:`CROP_BYTES`, row-major
+    [CROP_SIZE, CROP_SIZE, 3] uint8); raises ``shard_writer._Failure``."""
     fs, path = _fs_for(uri, settings)
     if size < 0:
         try:
@@ -94,12 +98,16 @@ def prepare_image(uri: str, size: int, settings: DecodeSettings, tools: sw.Shard
             size = -1
     data = sw._read(fs, path, size if size >= 0 else None, settings.worker.max_image_bytes)
     nan4, nan5 = np.full(4, np.nan), np.full((5, 2), np.nan)
-    view = sw.prepare_view(data, nan4, nan5, settings.worker, tools)
+    view = sw.prepare_view(data, nan4, nan5, settings.worker, tools, encode=False)
     std = crop_std(view.image)
     if std < settings.min_crop_std:
         raise sw._Failure("detect", "no_face", f"the aligned crop is featureless (pixel std {std:.2f} < "
                                                f"min_crop_std={settings.min_crop_std}); no face found")
-    return view.image
+    crop = np.ascontiguousarray(view.image, dtype=np.uint8)
+    if crop.shape != (CROP_SIZE, CROP_SIZE, 3):
+        raise sw._Failure("align", "error", f"aligned crop has shape {crop.shape}, expected "
+                                            f"({CROP_SIZE}, {CROP_SIZE}, 3)")
+    return crop.tobytes()
 
 
 def preprocess_character(character_id: str, key: str, uris: list[str], sizes: list[int],

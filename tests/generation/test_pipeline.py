@@ -298,7 +298,8 @@ def test_s3_output_and_query(ray_local, library, tiny_ckpt, s3_bucket):
 
 def test_killed_worker_outputs_exactly_once(ray_local, library, tiny_ckpt, tmp_path):
     """SIGKILL the reconstruction actor after it wrote a character's files but before its
-    _SUCCESS: Ray restarts the actor and retries the batch; every output exists exactly once."""
+    _SUCCESS: Ray restarts the actor and retries the batch; every output exists exactly once.
+    With two write threads: the batch's other character is being written meanwhile."""
     import shutil
 
     import pandas as pd
@@ -313,7 +314,7 @@ def test_killed_worker_outputs_exactly_once(ray_local, library, tiny_ckpt, tmp_p
     fault = tmp_path / "fault"
     fault.mkdir()
     cfg = job_config(input_uri=str(lib), checkpoint=tiny_ckpt, output_uri=str(tmp_path / "out"), name="kill",
-                     fault_injection=str(fault), batch_size=2, decode_batch_size=2)
+                     fault_injection=str(fault), batch_size=2, decode_batch_size=2, write_threads=2)
     result: dict = {}
 
     def target():

@@ -1,0 +1,161 @@
+"""The decode stage and the reconstruction actor without Ray: the raw crops the stages pass,
+and the actor's write threads (same outputs as writing one character after the other; one
+character's error stays its own)."""
+from __future__ import annotations
+
+import io
+import os
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gen_helpers import job_config  # noqa: E402
+
+_TIMING = ["reconstruct_ms", "retarget_ms", "write_ms", "created_at"]
+
+
+def _decode_settings():
+    from dcnn_flame.generation.pipeline import decode_settings, storage_options
+
+    cfg = job_config()
+    return decode_settings(cfg, storage_options(cfg), "center")[0]
+
+
+def test_crops_are_the_ingest_crops_raw(library):
+    """The decode stage's raw crop is pixel for pixel the ingest's (lossless PNG) crop, and the
+    actor's tensor is that crop (resized like F.interpolate when the model is smaller)."""
+    from PIL import Image
+
+    from dcnn_flame.data import shard_writer as sw
+    from dcnn_flame.generation.predictor import decode_crops
+    from dcnn_flame.generation.preprocess import CROP_BYTES, CROP_SIZE, _tools, preprocess_character
+
+    root, good, _ = library
+    uris = [os.path.join(root, c, "portrait.png") for c in good[:2]]
+    ds = _decode_settings()
+    assert ds.worker.image_format == "png"
+    row = preprocess_character("a", "a", uris, [-1, -1], ds)
+    assert [len(c) for c in row["images"]] == [CROP_BYTES, CROP_BYTES] and row["image_ok_uris"] == uris
+    refs = []
+    for uri, crop in zip(uris, row["images"]):
+        with open(uri, "rb") as f:
+            view = sw.prepare_view(f.read(), np.full(4, np.nan), np.full((5, 2), np.nan), ds.worker, _tools(ds))
+        with Image.open(io.BytesIO(view.image)) as im:
+            ref = np.asarray(im.convert("RGB"))
+        np.testing.assert_array_equal(np.frombuffer(crop, np.uint8).reshape(CROP_SIZE, CROP_SIZE, 3), ref)
+        refs.append(ref)
+    ref_x = torch.from_numpy(np.stack(refs)).permute(0, 3, 1, 2).float() / 255.0
+    x = decode_crops(row["images"], CROP_SIZE)
+    assert x.shape == (2, 3, CROP_SIZE, CROP_SIZE) and x.dtype == torch.float32
+    torch.testing.assert_close(x, ref_x, rtol=0, atol=1e-6)
+    small = decode_crops(row["images"], 64)
+    torch.testing.assert_close(small, F.interpolate(ref_x, size=(64, 64), mode="bilinear", align_corners=False,
+                                                    antialias=True), rtol=0, atol=1e-6)
+    assert decode_crops([], 64).shape == (0, 3, 64, 64)
+    with pytest.raises(ValueError, match=f"raw RGB {CROP_SIZE}x{CROP_SIZE}.*{CROP_BYTES - 1}"):
+        decode_crops([row["images"][0][:-1]], 64)
+
+
+def _batch(library, n: int) -> pa.Table:
+    """Stage-1 rows of n good characters of the library and one without a usable image."""
+    from dcnn_flame.generation.preprocess import OUTPUT_SCHEMA, preprocess_character
+
+    root, good, bad = library
+    ds = _decode_settings()
+    rows = [preprocess_character(c, c, [os.path.join(root, c, "portrait.png")], [-1], ds) for c in good[:n]]
+    blank = os.path.join(root, "bad_blank", "a.png")
+    rows.insert(1, preprocess_character("bad_blank", "bad_blank", [blank], [-1], ds))
+    return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
+
+
+def _actor(tiny_ckpt, head, run_uri: str, threads: int):
+    from dcnn_flame.generation.pipeline import resolve_bank, storage_options
+    from dcnn_flame.generation.predictor import ActorSettings, Reconstructor
+
+    cfg = job_config(expressions=["joy", "anger", "surprise"])
+    options = storage_options(cfg)
+    names, bank_au = resolve_bank(cfg, options)
+    settings = ActorSettings(
+        checkpoint_uri=tiny_ckpt, run_uri=run_uri, run_name="actor", storage=options, bank_names=tuple(names),
+        bank_au=tuple(tuple(float(x) for x in r) for r in bank_au), preview=True, preview_size=48, preview_max=4,
+        device="cpu", write_threads=threads)
+    return Reconstructor(settings, head)
+
+
+def test_write_threads_write_what_one_thread_writes(library, tiny_ckpt, head, tmp_path):
+    from dcnn_flame.io.gltf import parse_glb
+
+    batch = _batch(library, 5)
+    runs = {}
+    for threads in (1, 3):
+        run_uri = str(tmp_path / f"w{threads}")
+        actor = _actor(tiny_ckpt, head, run_uri, threads)
+        assert (actor.pool is None) == (threads == 1)
+        status = actor(batch).to_pandas()
+        runs[threads] = (run_uri, status)
+    (run1, st1), (run3, st3) = runs[1], runs[3]
+    # status rows in the batch's order, whatever order the threads finished in
+    assert st3["character_id"].tolist() == st1["character_id"].tolist() == batch["character_id"].to_pylist()
+    cols = ["character_id", "status", "num_images", "num_failures", "num_expressions", "reason"]
+    pd.testing.assert_frame_equal(st3[cols], st1[cols])
+    assert st1.set_index("character_id").loc["bad_blank", "reason"] == "no_usable_image"
+    ok = st1.loc[st1["status"] == "ok", "character_id"].tolist()
+    assert len(ok) == 5
+    for cid in ok:
+        d1, d3 = (os.path.join(r, "characters", cid) for r in (run1, run3))
+        assert sorted(os.listdir(d3)) == sorted(os.listdir(d1)) == ["_SUCCESS", "albedo.png", "character.glb",
+                                                                    "preview.png"]
+        for name in ("albedo.png", "preview.png", "_SUCCESS"):
+            with open(os.path.join(d1, name), "rb") as f1, open(os.path.join(d3, name), "rb") as f3:
+                assert f1.read() == f3.read(), (cid, name)
+        with open(os.path.join(d1, "character.glb"), "rb") as f1, open(os.path.join(d3, "character.glb"), "rb") as f3:
+            g1, g3 = parse_glb(f1.read()), parse_glb(f3.read())
+        assert list(g3["morph_targets"]) == list(g1["morph_targets"]) == ["joy", "anger", "surprise"]
+        np.testing.assert_allclose(g3["vertices"], g1["vertices"], atol=1e-6)
+        for k in g1["morph_targets"]:
+            np.testing.assert_allclose(g3["morph_targets"][k], g1["morph_targets"][k], atol=1e-6)
+        r1 = pd.read_parquet(os.path.join(run1, "results", f"{cid}.parquet")).drop(columns=_TIMING + ["glb_uri",
+                                                                                                      "preview_uri"])
+        r3 = pd.read_parquet(os.path.join(run3, "results", f"{cid}.parquet")).drop(columns=_TIMING + ["glb_uri",
+                                                                                                      "preview_uri"])
+        assert len(r1) == 4
+        pd.testing.assert_frame_equal(r3, r1, atol=1e-6)
+    f1 = pd.read_parquet(os.path.join(run1, "failures", "bad_blank.parquet"))
+    f3 = pd.read_parquet(os.path.join(run3, "failures", "bad_blank.parquet"))
+    assert f3["reason"].tolist() == f1["reason"].tolist() == ["no_face", "no_usable_image"]
+
+
+def test_a_write_error_in_a_thread_fails_only_its_character(library, tiny_ckpt, head, tmp_path):
+    batch = _batch(library, 4)
+    actor = _actor(tiny_ckpt, head, str(tmp_path / "run"), 2)
+    victim = batch["character_id"].to_pylist()[2]
+    original = actor.writer.write_character
+
+    def flaky(character_id, *args, **kwargs):
+        if character_id == victim:
+            raise OSError(f"disk full while writing {character_id}")
+        return original(character_id, *args, **kwargs)
+
+    actor.writer.write_character = flaky
+    st = actor(batch).to_pandas().set_index("character_id")
+    assert st.loc[victim, "status"] == "failed" and st.loc[victim, "reason"] == "error"
+    assert (st.drop(index=[victim, "bad_blank"])["status"] == "ok").all() and len(st) == 5
+    fail = pd.read_parquet(tmp_path / "run" / "failures" / f"{victim}.parquet")
+    assert fail["stage"].tolist() == ["write"] and "disk full while writing" in fail["detail"].iloc[0]
+    assert not os.path.exists(tmp_path / "run" / "characters" / victim / "_SUCCESS")
+    for cid in st.index.drop([victim, "bad_blank"]):
+        assert os.path.exists(tmp_path / "run" / "characters" / cid / "_SUCCESS")
+
+
+def test_job_refuses_zero_write_threads(tmp_path):
+    from dcnn_flame.generation.pipeline import run
+
+    with pytest.raises(ValueError, match="write_threads must be >= 1, got 1, 4, 4, 0"):
+        run(job_config(write_threads=0, demo_dir=str(tmp_path)))
+    assert not os.listdir(tmp_path)  # refused before any work
