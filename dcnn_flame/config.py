@@ -568,6 +568,9 @@ class GenerateConfig:
     pass when characters have the same number of images)."""
     decode_batch_size: int = 4
     """Characters per CPU decode/align task."""
+    read_threads: int = 8
+    """Images each decode task reads concurrently (an object store answers each read after tens
+    of milliseconds; decoding takes a few). 1 = one after the other."""
     num_actors: int = 1
     """Reconstruction actors (Ray Data ActorPoolStrategy size); each loads the checkpoint once."""
     num_gpus: float = 0.0

@@ -149,7 +149,10 @@ def decode_settings(cfg: "GenerateConfig", options: StorageOptions, detector: st
         max_image_bytes=cfg.max_image_bytes, landmarks="fan" if use_fan else "metadata",
         fan_path=weights.fan if use_fan else None, detector=det.name, detector_path=det.path,
         center_crop_fraction=cfg.center_crop_fraction, device="cpu")
-    return DecodeSettings(worker=worker, min_crop_std=cfg.min_crop_std, fs=None, storage=options), det.message
+    if int(cfg.read_threads) < 1:
+        raise ValueError(f"read_threads must be >= 1, got {cfg.read_threads}")
+    return (DecodeSettings(worker=worker, min_crop_std=cfg.min_crop_std, fs=None, storage=options,
+                           read_threads=int(cfg.read_threads)), det.message)
 
 
 def _demo_inputs(cfg: "GenerateConfig", options: StorageOptions) -> tuple[Optional[str], str, str, bool]:
@@ -211,9 +214,10 @@ def run(cfg: "GenerateConfig") -> GenerateSummary:
 
     t_start = time.time()
     options = storage_options(cfg)
-    if min(cfg.num_actors, cfg.batch_size, cfg.decode_batch_size, cfg.write_threads) < 1:
-        raise ValueError(f"num_actors, batch_size, decode_batch_size and write_threads must be >= 1, got "
-                         f"{cfg.num_actors}, {cfg.batch_size}, {cfg.decode_batch_size}, {cfg.write_threads}")
+    counts = (cfg.num_actors, cfg.batch_size, cfg.decode_batch_size, cfg.write_threads, cfg.read_threads)
+    if min(counts) < 1:
+        raise ValueError(f"num_actors, batch_size, decode_batch_size, write_threads and read_threads must be "
+                         f">= 1, got {', '.join(str(c) for c in counts)}")
     input_uri, checkpoint, detector, demo_lib = _demo_inputs(cfg, options)
     output_uri = storage.resolve(cfg.output_uri or storage.join(cfg.storage.uri, "generated"))
     run_name = cfg.name

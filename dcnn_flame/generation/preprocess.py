@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -54,12 +54,14 @@ class DecodeSettings:
         fs: fsspec filesystem built on the driver for remote inputs (carries the driver's
             credentials to workers, see :mod:`dcnn_flame.io.arrow_fs`); None = from options.
         storage: object-store options (local inputs ignore them).
+        read_threads: images a decode task reads concurrently (1 = one after the other).
     """
 
     worker: sw.WorkerSettings
     min_crop_std: float
     fs: Any
     storage: StorageOptions
+    read_threads: int = 8
 
 
 _TOOLS: dict[int, sw.ShardTools] = {}
@@ -85,9 +87,9 @@ def crop_std(crop: np.ndarray) -> float:
     return float(np.asarray(crop, dtype=np.float32).std())
 
 
-def prepare_image(uri: str, size: int, settings: DecodeSettings, tools: sw.ShardTools) -> bytes:
-    """Read one image and return its aligned crop as raw RGB bytes (:data:`CROP_BYTES`, row-major
-    [CROP_SIZE, CROP_SIZE, 3] uint8); raises ``shard_writer._Failure``."""
+def read_image(uri: str, size: int, settings: DecodeSettings) -> bytes:
+    """Read one input image's bytes (``size`` from the listing, or -1: asked from the store first,
+    so that a file over ``max_image_bytes`` is never read); raises ``shard_writer._Failure``."""
     fs, path = _fs_for(uri, settings)
     if size < 0:
         try:
@@ -96,7 +98,12 @@ def prepare_image(uri: str, size: int, settings: DecodeSettings, tools: sw.Shard
             raise sw._Failure("read", "missing", f"no such file: {uri}") from None
         except Exception:  # noqa: BLE001 - unknown size: _read still bounds the decode
             size = -1
-    data = sw._read(fs, path, size if size >= 0 else None, settings.worker.max_image_bytes)
+    return sw._read(fs, path, size if size >= 0 else None, settings.worker.max_image_bytes)
+
+
+def crop_image(data: bytes, settings: DecodeSettings, tools: sw.ShardTools) -> bytes:
+    """An input image's bytes -> its aligned crop as raw RGB bytes (:data:`CROP_BYTES`, row-major
+    [CROP_SIZE, CROP_SIZE, 3] uint8); raises ``shard_writer._Failure``."""
     nan4, nan5 = np.full(4, np.nan), np.full((5, 2), np.nan)
     view = sw.prepare_view(data, nan4, nan5, settings.worker, tools, encode=False)
     std = crop_std(view.image)
@@ -110,30 +117,94 @@ def prepare_image(uri: str, size: int, settings: DecodeSettings, tools: sw.Shard
     return crop.tobytes()
 
 
+def prepare_image(uri: str, size: int, settings: DecodeSettings, tools: sw.ShardTools) -> bytes:
+    """Read one image and return its aligned raw crop (:func:`read_image` + :func:`crop_image`)."""
+    return crop_image(read_image(uri, size, settings), settings, tools)
+
+
+def _failure_row(uri: str, exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, sw._Failure):
+        return {"input_uri": uri, "stage": exc.stage, "reason": exc.reason, "detail": exc.detail}
+    return {"input_uri": uri, "stage": "decode", "reason": "error", "detail": f"{type(exc).__name__}: {exc}"}
+
+
+def _read_or_failure(uri: str, size: int, settings: DecodeSettings) -> Any:
+    try:
+        return read_image(uri, int(size), settings)
+    except Exception as exc:  # noqa: BLE001 - returned, becomes the image's failure row
+        return exc
+
+
 def preprocess_character(character_id: str, key: str, uris: list[str], sizes: list[int],
-                         settings: DecodeSettings, tools: Optional[sw.ShardTools] = None) -> dict[str, Any]:
-    """One output row of stage 1 for one character (see :data:`OUTPUT_SCHEMA`)."""
+                         settings: DecodeSettings, tools: Optional[sw.ShardTools] = None,
+                         data: Optional[Iterable[Any]] = None) -> dict[str, Any]:
+    """One output row of stage 1 for one character (see :data:`OUTPUT_SCHEMA`).
+
+    Args:
+        data: the images already read, one per URI (bytes, or the exception reading it raised),
+            e.g. by :func:`read_ahead`; None = read here, one after the other.
+    """
     t0 = time.perf_counter()
     tools = tools if tools is not None else _tools(settings)
+    if data is None:
+        data = (_read_or_failure(u, s, settings) for u, s in zip(uris, sizes))
     images, ok_uris, failures = [], [], []
-    for uri, size in zip(uris, sizes):
+    for uri, raw in zip(uris, data):
         try:
-            images.append(prepare_image(uri, int(size), settings, tools))
+            if isinstance(raw, BaseException):
+                raise raw
+            images.append(crop_image(raw, settings, tools))
             ok_uris.append(uri)
-        except sw._Failure as f:
-            failures.append({"input_uri": uri, "stage": f.stage, "reason": f.reason, "detail": f.detail})
         except Exception as exc:  # noqa: BLE001 - one image must never stop the character
-            failures.append({"input_uri": uri, "stage": "decode", "reason": "error",
-                             "detail": f"{type(exc).__name__}: {exc}"})
+            failures.append(_failure_row(uri, exc))
     return {"character_id": character_id, "character_key": key, "image_uris": list(uris), "images": images,
             "image_ok_uris": ok_uris, "failures": json.dumps(failures),
             "decode_ms": float((time.perf_counter() - t0) * 1000.0)}
 
 
+def read_ahead(jobs: Sequence[tuple[str, int]], settings: DecodeSettings, threads: int,
+               window: int) -> Iterator[Any]:
+    """Read ``(uri, size)`` images with ``threads`` threads, at most ``window`` ahead of the
+    consumer; yields each image's bytes (or the exception reading it raised) in order.
+
+    Object stores answer each GET after tens of milliseconds, far longer than decoding and
+    aligning the image takes: one task reading one image after the other waits most of its time.
+    """
+    if threads <= 1 or len(jobs) <= 1:
+        for uri, size in jobs:
+            yield _read_or_failure(uri, size, settings)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dcnn-flame-read") as pool:
+        pending: deque = deque()
+        it = iter(jobs)
+        for uri, size in it:
+            pending.append(pool.submit(_read_or_failure, uri, size, settings))
+            if len(pending) >= window:
+                break
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(_read_or_failure, nxt[0], nxt[1], settings))
+            yield result
+
 def preprocess_batch(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
-    """Ray Data ``map_batches`` function (batch_format="pyarrow"): stage 1 for a batch of characters."""
+    """Ray Data ``map_batches`` function (batch_format="pyarrow"): stage 1 for a batch of characters.
+
+    The batch's images are read ahead by ``settings.read_threads`` threads (at most
+    ``2 * read_threads`` images in memory ahead of the decoder) while they are decoded in order.
+    """
+    chars = batch.to_pylist()
+    jobs = [(u, int(s)) for r in chars for u, s in zip(r["image_uris"], r["sizes"])]
+    threads = max(1, int(settings.read_threads))
+    data = read_ahead(jobs, settings, threads, window=2 * threads)
+    tools = _tools(settings)
     rows = []
-    for r in batch.to_pylist():
+    for r in chars:
+        n = len(r["image_uris"])
         rows.append(preprocess_character(r["character_id"], r["character_key"], r["image_uris"], r["sizes"],
-                                         settings))
+                                         settings, tools, data=[next(data) for _ in range(n)]))
     return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)

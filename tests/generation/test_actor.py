@@ -4,6 +4,7 @@ character's error stays its own)."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import sys
 
@@ -153,9 +154,84 @@ def test_a_write_error_in_a_thread_fails_only_its_character(library, tiny_ckpt, 
         assert os.path.exists(tmp_path / "run" / "characters" / cid / "_SUCCESS")
 
 
-def test_job_refuses_zero_write_threads(tmp_path):
+@pytest.mark.parametrize("field, got", [("write_threads", "1, 4, 4, 0, 8"), ("read_threads", "1, 4, 4, 1, 0")])
+def test_job_refuses_zero_threads(tmp_path, field, got):
     from dcnn_flame.generation.pipeline import run
 
-    with pytest.raises(ValueError, match="write_threads must be >= 1, got 1, 4, 4, 0"):
-        run(job_config(write_threads=0, demo_dir=str(tmp_path)))
+    with pytest.raises(ValueError, match=f"read_threads must be >= 1, got {got}"):
+        run(job_config(demo_dir=str(tmp_path), **{field: 0}))
     assert not os.listdir(tmp_path)  # refused before any work
+
+
+def test_read_ahead_keeps_order_bounds_the_window_and_overlaps_reads(monkeypatch):
+    """Four reads must be in flight together (a barrier of four parties would time out
+    otherwise); results come back in input order, failures in place; never more than
+    ``window`` images read ahead of the consumer."""
+    import threading
+
+    from dcnn_flame.data import shard_writer as sw
+    from dcnn_flame.generation import preprocess as P
+
+    barrier = threading.Barrier(4, timeout=30)
+    lock = threading.Lock()
+    started = [0]
+
+    def fake_read(uri, size, settings):
+        with lock:
+            started[0] += 1
+        barrier.wait()
+        if uri == "u5":
+            return sw._Failure("read", "missing", f"no such file: {uri}")
+        return uri.encode()
+
+    monkeypatch.setattr(P, "_read_or_failure", fake_read)
+    jobs = [(f"u{i}", -1) for i in range(20)]
+    out, ahead = [], []
+    for item in P.read_ahead(jobs, None, threads=4, window=8):
+        out.append(item)
+        with lock:
+            ahead.append(started[0] - len(out))
+    assert [o.reason if isinstance(o, sw._Failure) else o.decode() for o in out] == [
+        "missing" if i == 5 else f"u{i}" for i in range(20)]
+    assert max(ahead) <= 8 - 1 and started[0] == 20
+
+
+def test_decode_batch_reads_s3_ahead_like_one_after_the_other(library, s3_bucket):
+    """preprocess_batch on images in a real S3 server (moto): read by 4 threads or one after the
+    other, the same rows (crops, failures: a missing file, a file over max_image_bytes)."""
+    import dataclasses
+
+    import boto3
+
+    from dcnn_flame.generation.preprocess import preprocess_batch
+
+    root, good, _ = library
+    bucket, opts = s3_bucket
+    client = boto3.client("s3", endpoint_url=opts.endpoint_url, region_name="us-east-1")
+    name = bucket[len("s3://"):]
+    items, largest = [], 0
+    for cid in good[:6]:
+        with open(os.path.join(root, cid, "portrait.png"), "rb") as f:
+            body = f.read()
+        largest = max(largest, len(body))
+        client.put_object(Bucket=name, Key=f"lib/{cid}/portrait.png", Body=body)
+        items.append({"character_id": cid, "character_key": cid, "image_uris": [f"{bucket}/lib/{cid}/portrait.png"],
+                      "sizes": [-1]})
+    client.put_object(Bucket=name, Key="lib/big/a.png", Body=b"\x89PNG" + b"\x00" * (largest + 1000))
+    items[1]["image_uris"].append(f"{bucket}/lib/nobody/a.png")
+    items[1]["sizes"].append(-1)
+    items[3]["image_uris"].append(f"{bucket}/lib/big/a.png")
+    items[3]["sizes"].append(-1)
+    batch = pa.Table.from_pylist(items)
+    from dcnn_flame.generation.pipeline import decode_settings
+
+    cfg = job_config(max_image_bytes=largest + 500)
+    cfg.storage.endpoint_url = opts.endpoint_url
+    ds = decode_settings(cfg, opts, "center")[0]
+    seq = preprocess_batch(batch, dataclasses.replace(ds, read_threads=1)).drop(["decode_ms"]).to_pylist()
+    par = preprocess_batch(batch, dataclasses.replace(ds, read_threads=4)).drop(["decode_ms"]).to_pylist()
+    assert par == seq
+    assert [len(r["images"]) for r in par] == [1] * 6
+    reasons = {r["character_id"]: [f["reason"] for f in json.loads(r["failures"])] for r in par}
+    assert reasons[good[1]] == ["missing"] and reasons[good[3]] == ["too_large"]
+    assert all(not v for k, v in reasons.items() if k not in (good[1], good[3]))
