@@ -3,11 +3,14 @@
 The per-image work is the ingest's own (:func:`dcnn_flame.data.shard_writer.prepare_view`:
 decode with the typed reasons of :mod:`dcnn_flame.data.images`, face box from S3FD / OpenCV /
 centre crop, optional FAN landmarks, alignment to a 224x224 crop), so characters are cropped
-exactly like the training data. The crops go to the reconstruction actors as raw RGB bytes
-(:data:`CROP_BYTES` each), not PNG: encoding a crop only for the next stage to decode it
-again cost more than the rest of this stage (see docs/generation.md, "Throughput"). On top of it one check the ingest does not need: a crop with
+exactly like the training data. On top of it one check the ingest does not need: a crop with
 (almost) no contrast has no face in it (reason ``no_face``), which catches blank and flat
 images when no detector is available.
+
+The crops go to the reconstruction actors as raw RGB bytes (:data:`CROP_BYTES` each), not
+PNG: encoding a crop only for the next stage to decode it again cost more than the rest of
+this stage. A task reads its batch's images ahead with a few threads (:func:`read_ahead`):
+object stores answer slowly, decoding is quick (docs/generation.md, "Throughput").
 
 Every image problem becomes a failure row (stage read/decode/detect/align, a reason code and a
 detail); a character with no usable image is passed on with zero images, and the actor turns
@@ -190,6 +193,7 @@ def read_ahead(jobs: Sequence[tuple[str, int]], settings: DecodeSettings, thread
             if nxt is not None:
                 pending.append(pool.submit(_read_or_failure, nxt[0], nxt[1], settings))
             yield result
+
 
 def preprocess_batch(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
     """Ray Data ``map_batches`` function (batch_format="pyarrow"): stage 1 for a batch of characters.
