@@ -202,7 +202,7 @@ def preprocess_batch(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
     ``2 * read_threads`` images in memory ahead of the decoder) while they are decoded in order.
     """
     chars = batch.to_pylist()
-    jobs = [(u, int(s)) for r in chars for u, s in zip(r["image_uris"], r["sizes"])]
+    jobs = [(u, s) for r in chars for u, s in zip(r["image_uris"], r["sizes"])]  # int(s) per read, in its try
     threads = max(1, int(settings.read_threads))
     data = read_ahead(jobs, settings, threads, window=2 * threads)
     tools = _tools(settings)

@@ -235,3 +235,17 @@ def test_decode_batch_reads_s3_ahead_like_one_after_the_other(library, s3_bucket
     reasons = {r["character_id"]: [f["reason"] for f in json.loads(r["failures"])] for r in par}
     assert reasons[good[1]] == ["missing"] and reasons[good[3]] == ["too_large"]
     assert all(not v for k, v in reasons.items() if k not in (good[1], good[3]))
+
+
+def test_decode_batch_turns_a_bad_size_into_a_failure_row(library):
+    """A size that is not a number fails its image (stage decode, reason error), not the task."""
+    from dcnn_flame.generation.preprocess import preprocess_batch
+
+    root, good, _ = library
+    items = [{"character_id": c, "character_key": c, "image_uris": [os.path.join(root, c, "portrait.png")],
+              "sizes": [-1]} for c in good[:3]]
+    items[1]["sizes"] = [None]
+    out = preprocess_batch(pa.Table.from_pylist(items), _decode_settings()).to_pylist()
+    assert [len(r["images"]) for r in out] == [1, 0, 1]
+    fail = json.loads(out[1]["failures"])
+    assert [(f["stage"], f["reason"]) for f in fail] == [("decode", "error")] and "TypeError" in fail[0]["detail"]
