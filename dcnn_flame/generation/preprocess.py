@@ -202,13 +202,14 @@ def preprocess_batch(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
     ``2 * read_threads`` images in memory ahead of the decoder) while they are decoded in order.
     """
     chars = batch.to_pylist()
-    jobs = [(u, s) for r in chars for u, s in zip(r["image_uris"], r["sizes"])]  # int(s) per read, in its try
+    # one size per URI (-1 = unknown); int(size) happens per read, inside its try
+    per_char = [list(zip(r["image_uris"], list(r["sizes"] or []) + [-1] * len(r["image_uris"])))
+                for r in chars]
     threads = max(1, int(settings.read_threads))
-    data = read_ahead(jobs, settings, threads, window=2 * threads)
+    data = read_ahead([j for jobs in per_char for j in jobs], settings, threads, window=2 * threads)
     tools = _tools(settings)
     rows = []
-    for r in chars:
-        n = len(r["image_uris"])
-        rows.append(preprocess_character(r["character_id"], r["character_key"], r["image_uris"], r["sizes"],
-                                         settings, tools, data=[next(data) for _ in range(n)]))
+    for r, jobs in zip(chars, per_char):
+        rows.append(preprocess_character(r["character_id"], r["character_key"], [u for u, _ in jobs],
+                                         [s for _, s in jobs], settings, tools, data=[next(data) for _ in jobs]))
     return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
