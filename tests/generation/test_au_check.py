@@ -52,6 +52,48 @@ def test_ranking_matches_a_naive_loop_and_the_extremes():
         rank_intended_aus(prof[:3], bank)
 
 
+def test_mean_response_verdict_matches_a_naive_average():
+    bank = emotions.default_bank()
+    prof = bank.matrix()
+    rng = np.random.default_rng(3)
+    responses = [prof + 0.3 * rng.standard_normal(prof.shape) for _ in range(4)]
+    results = [r for c, resp in enumerate(responses) for r in rank_intended_aus(resp, bank, character=c)]
+    s = summarize(results)
+    mean = np.mean(responses, axis=0)
+    want = _naive(mean.tolist(), prof.tolist(), bank.names)
+    assert list(s["per_expression"]) == [w[0] for w in want]
+    for name, intended, top, hits in want:
+        e = s["per_expression"][name]
+        assert e["mean_top"] == top and e["mean_exact"] == (hits == len(intended))
+        assert e["cases"] == 4 and e["exact"] == sum(r.exact for r in results if r.expression == name)
+    assert s["expressions"] == len(want)
+    assert s["expressions_exact_on_mean"] == sum(h == len(i) for _, i, _, h in want)
+    # noise that fails single characters can average out: the mean verdict is not their AND
+    assert 0 < s["expressions_exact_on_mean"] <= s["expressions"]
+    assert any(e["mean_exact"] and e["exact"] < e["cases"] for e in s["per_expression"].values())
+
+
+def test_flip_averages_the_image_and_its_mirror():
+    from dcnn_flame.generation.au_check import detector_response
+    from dcnn_flame.supervision.au import AUDetector, AUDetectorConfig
+
+    torch.manual_seed(0)
+    net = AUDetector(AUDetectorConfig(input_size=SIZE)).train()
+    images = torch.rand(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        net.eval()
+        p, q = net(images).probs.double().numpy(), net(images.flip(-1)).probs.double().numpy()
+    net.train()
+    got = detector_response(net, images, flip=True)
+    np.testing.assert_allclose(got, 0.5 * (p + q)[1:] - 0.5 * (p + q)[:1], atol=1e-6)
+    np.testing.assert_allclose(detector_response(net, images), p[1:] - p[:1], atol=1e-6)
+    assert net.training  # the caller's mode is restored
+    assert np.abs(got - detector_response(net, images)).max() > 1e-4  # a random net is not mirror-symmetric
+    # a mirror-symmetric batch gives the same answer either way
+    sym = torch.cat([images[..., : SIZE // 2], images[..., : SIZE // 2].flip(-1)], dim=-1)
+    np.testing.assert_allclose(detector_response(net, sym, flip=True), detector_response(net, sym), atol=1e-6)
+
+
 def test_isolation_report_matches_a_naive_loop():
     rng = np.random.default_rng(1)
     response = np.round(rng.standard_normal((NUM_AUS, NUM_AUS)), 1)  # ties included
@@ -141,7 +183,8 @@ def test_command_line_on_a_teachers_file(tmp_path, world_and_retargeter, capsys)
     path.write_bytes(teachers_to_bytes(AUDetector(AUDetectorConfig(input_size=SIZE)),
                                        ExpressionClassifier(ExpressionClassifierConfig(input_size=SIZE))))
     out = tmp_path / "check.json"
-    assert main(["--teachers", str(path), "--identities", "1", "--json", str(out), "--single-au", "0.5"]) == 0
+    assert main(["--teachers", str(path), "--identities", "1", "--json", str(out), "--single-au", "0.5",
+                 "--flip"]) == 0
     report = json.loads(out.read_text())
     named = [n for n in emotions.default_bank().names if (emotions.default_bank().vector(n) > 0).any()]
     assert report["summary"]["cases"] == len(named) == len(report["results"])
@@ -151,6 +194,8 @@ def test_command_line_on_a_teachers_file(tmp_path, world_and_retargeter, capsys)
         main(["--teachers", str(tmp_path / "missing.pt"), "--single-au", "2"])
     assert "--single-au must be an AU intensity in (0, 1], got 2.0" in capsys.readouterr().err
     assert "[au_check] exact top sets" in printed and "[au_check] single AUs ranked first" in printed
+    assert "expressions exact on the mean response" in printed and ", flip)" in printed
+    assert report["summary"]["expressions"] == len(named)
     iso = report["isolation"]
     assert iso["intensity"] == 0.5 and [r["au"] for r in iso["aus"]] == list(AU_IDS)
     assert all(1 <= r["rank"] <= NUM_AUS and r["motion_px"] > 0 for r in iso["aus"])
