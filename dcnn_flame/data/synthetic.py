@@ -438,8 +438,15 @@ class SyntheticWorld:
         return flat.reshape(1, *self.albedo_mean.shape).clamp(0.0, 1.0)
 
     @torch.no_grad()
-    def render(self, params: IdentityParams) -> SyntheticIdentity:
-        """Pose, light and render one identity's views."""
+    def render(self, params: IdentityParams, camera: Optional[torch.Tensor] = None) -> SyntheticIdentity:
+        """Pose, light and render one identity's views.
+
+        Args:
+            params: from :meth:`sample` (or a modified copy).
+            camera: optional [V, 3] orthographic cameras (scale, tx, ty) to use instead of
+                framing each view's own landmark box (e.g. the cameras of another rendering
+                of the same views, so that two renders differ only in the face).
+        """
         from dcnn_flame.render.camera import project_landmarks
 
         nv = params.au.shape[0]
@@ -456,11 +463,16 @@ class SyntheticWorld:
 
         # Orthographic camera from the landmark box: x_ndc = s (x + tx), so the box's larger
         # side spans 2 * fill NDC units and its centre lands at the sampled offset.
-        xy = out.landmarks[..., :2]
-        lo, hi = xy.amin(dim=1), xy.amax(dim=1)
-        scale = 2.0 * torch.from_numpy(params.face_fill).to(f32) / (hi - lo).amax(dim=1)
-        trans = torch.from_numpy(params.center_offset).to(f32) / scale[:, None] - 0.5 * (lo + hi)
-        camera = torch.cat([scale[:, None], trans], dim=1)
+        if camera is None:
+            xy = out.landmarks[..., :2]
+            lo, hi = xy.amin(dim=1), xy.amax(dim=1)
+            scale = 2.0 * torch.from_numpy(params.face_fill).to(f32) / (hi - lo).amax(dim=1)
+            trans = torch.from_numpy(params.center_offset).to(f32) / scale[:, None] - 0.5 * (lo + hi)
+            camera = torch.cat([scale[:, None], trans], dim=1)
+        else:
+            camera = torch.as_tensor(camera, dtype=f32)
+            if camera.shape != (nv, 3):
+                raise ValueError(f"camera must be [{nv}, 3] (scale, tx, ty per view), got {tuple(camera.shape)}")
 
         sh = torch.from_numpy(params.light.reshape(nv, SH_COEFFS)).to(f32)
         background = torch.from_numpy(params.background).permute(0, 3, 1, 2).contiguous()

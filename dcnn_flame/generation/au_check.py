@@ -9,7 +9,7 @@ This is the check of the batch-generation issue; it is only as good as the detec
 with teachers trained by ``jobs/train_supervision.py`` on a large synthetic set.
 
     python -m dcnn_flame.generation.au_check --teachers teachers.pt [--identities 3] [--json out.json]
-        [--single-au 0.5] [--flip]
+        [--single-au 0.5] [--flip] [--yaw 0,-20,20]
 
 Two verdicts: per character and expression (``exact``: the detector's top set is the intended
 one on that character), and per expression on the response averaged over the characters
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import asdict, dataclass
 from typing import Optional, Sequence
 
@@ -103,14 +104,30 @@ def _character_shape(params, n_shape: int) -> Tensor:
     return shape
 
 
+def turn_head(vertices: Tensor, center: Tensor, yaw_deg: float) -> Tensor:
+    """Rotate vertices about the vertical (y) axis through ``center`` by ``yaw_deg`` degrees.
+
+    Positive yaw turns the face (which looks along +z) towards +x, the image's right.
+    Shapes: vertices [..., V, 3], center [3] -> [..., V, 3].
+    """
+    a = math.radians(float(yaw_deg))
+    rot = torch.tensor([[math.cos(a), 0.0, math.sin(a)], [0.0, 1.0, 0.0], [-math.sin(a), 0.0, math.cos(a)]],
+                       dtype=vertices.dtype, device=vertices.device)
+    return (vertices - center) @ rot.T + center
+
+
 def render_bank(world, character: int, bank: ExpressionBank, retargeter, seed: int = 0,
-                fill: float = 0.72) -> Tensor:
-    """Frontal renders of a synthetic character's neutral face and its bank expressions.
+                fill: float = 0.72, yaw_deg: float = 0.0) -> Tensor:
+    """Renders of a synthetic character's neutral face and its bank expressions (frontal by default).
 
     The meshes come from the batch job's :class:`~dcnn_flame.generation.retarget.Retargeter`
     (the character's shape, the bank's AUs through the AU map); framing, albedo, light and
     background follow the synthetic world (the landmark box of the neutral face fills
     ``fill`` of the image; the same camera for every expression, so only the face moves).
+    ``yaw_deg`` turns every mesh by that angle about the vertical axis through the neutral
+    face's centroid (:func:`turn_head`; same camera): motions along the view axis, like the
+    chin boss of AU17, show in the silhouette of a turned face and only as shading in a
+    frontal one.
 
     Args:
         world: a :class:`~dcnn_flame.data.synthetic.SyntheticWorld` (its head model must be the
@@ -125,6 +142,8 @@ def render_bank(world, character: int, bank: ExpressionBank, retargeter, seed: i
     with torch.no_grad():
         out = retargeter.retarget_bank(shape, torch.from_numpy(bank.matrix()).float())
         verts = torch.cat([out.neutral[None], out.vertices])  # [K + 1, V, 3]
+        if yaw_deg:
+            verts = turn_head(verts, out.neutral.mean(0), yaw_deg)
         n = verts.shape[0]
         camera = _frontal_camera(retargeter, shape, fill)[None].expand(n, 3)
         sh = torch.from_numpy(params.light[:1].reshape(1, -1)).float().expand(n, -1)
@@ -171,12 +190,16 @@ def detector_response(au_net, images: Tensor, flip: bool = False) -> np.ndarray:
 
 
 def check_detector(au_net, world, bank: ExpressionBank, retargeter, characters: Sequence[int],
-                   seed: int = 0, flip: bool = False) -> list[AURank]:
-    """:func:`rank_intended_aus` for each character (see :func:`render_bank`)."""
+                   seed: int = 0, flip: bool = False, yaws: Sequence[float] = (0.0,)) -> list[AURank]:
+    """:func:`rank_intended_aus` for each character (see :func:`render_bank`); the response is
+    the mean over the views turned by ``yaws`` degrees (default: frontal only)."""
+    if not len(yaws):
+        raise ValueError("yaws needs at least one view angle (0 = frontal)")
     results: list[AURank] = []
     for c in characters:
-        images = render_bank(world, c, bank, retargeter, seed)
-        results += rank_intended_aus(detector_response(au_net, images, flip=flip), bank, character=int(c))
+        response = np.mean([detector_response(au_net, render_bank(world, c, bank, retargeter, seed, yaw_deg=y),
+                                              flip=flip) for y in yaws], axis=0)
+        results += rank_intended_aus(response, bank, character=int(c))
     return results
 
 
@@ -254,6 +277,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=7, help="synthetic world seed of the characters")
     p.add_argument("--bank", default=None, help="expression bank YAML (default: the built-in bank)")
     p.add_argument("--json", default=None, help="also write every result and the summary here")
+    p.add_argument("--yaw", default="0", help="comma-separated head turns in degrees, e.g. 0,-20,20 (or "
+                   "--yaw=-20,20): the detector's response is averaged over these views (default: frontal only)")
     p.add_argument("--flip", action="store_true",
                    help="average the detector over each render and its mirror image (test-time augmentation)")
     p.add_argument("--single-au", type=float, default=None, metavar="INTENSITY",
@@ -262,13 +287,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     a = p.parse_args(argv)
     if a.single_au is not None and not 0.0 < a.single_au <= 1.0:
         p.error(f"--single-au must be an AU intensity in (0, 1], got {a.single_au}")
+    try:
+        yaws = [float(v) for v in a.yaw.split(",") if v.strip()]
+    except ValueError:
+        yaws = []
+    if not yaws or any(not -90.0 < v < 90.0 for v in yaws):
+        p.error(f"--yaw must be comma-separated angles in (-90, 90) degrees, e.g. 0,-20,20; got {a.yaw!r}")
     au_net, _, meta = load_teachers(a.teachers)
     size = int(getattr(au_net.cfg, "input_size", 112))
     world = world_for(SyntheticConfig(image_size=size))
     bank = emotions.load_bank(a.bank) if a.bank else emotions.default_bank()
     head = world.data
     retargeter = Retargeter(head, n_shape=world.cfg.n_shape, n_expr=world.cfg.n_expr, au_map=load_au_map(head))
-    results = check_detector(au_net, world, bank, retargeter, range(a.identities), seed=a.seed, flip=a.flip)
+    results = check_detector(au_net, world, bank, retargeter, range(a.identities), seed=a.seed, flip=a.flip,
+                             yaws=yaws)
     summary = summarize(results)
     for r in results:
         print(f"character {r.character} {r.expression:16s} intended {r.intended} detector top {r.top} "
@@ -279,8 +311,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"[au_check] exact top sets {summary['exact']}/{summary['cases']}, intended-AU recall "
           f"{summary['recall']:.2f}; expressions exact on the mean response "
           f"{summary['expressions_exact_on_mean']}/{summary['expressions']} ({a.teachers}"
-          f"{', flip' if a.flip else ''})")
-    report = {"summary": summary, "results": [asdict(r) for r in results]}
+          f"{', flip' if a.flip else ''}{', yaw ' + a.yaw if yaws != [0.0] else ''})")
+    report = {"summary": summary, "views": {"yaw_deg": yaws, "flip": a.flip},
+              "results": [asdict(r) for r in results]}
     if a.single_au is not None:
         single = single_au_bank(a.single_au)
         chars = range(a.identities)

@@ -147,6 +147,31 @@ def test_bank_renders_move_the_face_only_where_the_expression_acts(world_and_ret
     assert float((render_bank(world, 1, bank, retargeter, seed=7)[0] - images[0]).abs().mean()) > 0.02
 
 
+def test_turned_views_and_their_average(world_and_retargeter):
+    from dcnn_flame.generation.au_check import check_detector, detector_response, turn_head
+    from dcnn_flame.supervision.au import AUDetector, AUDetectorConfig
+
+    c = torch.tensor([1.0, 2.0, 3.0])
+    pts = c + torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 5.0, 0.0]])
+    torch.testing.assert_close(turn_head(pts, c, 90.0), c + torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0],
+                                                                         [0.0, 5.0, 0.0]]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(turn_head(pts, c, 0.0), pts)
+    torch.testing.assert_close(turn_head(turn_head(pts, c, 25.0), c, -25.0), pts, atol=1e-6, rtol=0)
+    world, retargeter = world_and_retargeter
+    bank = emotions.ExpressionBank({"happy": emotions.default_bank().vector("happy").tolist()})
+    front = render_bank(world, 0, bank, retargeter, seed=7)
+    turned = render_bank(world, 0, bank, retargeter, seed=7, yaw_deg=20.0)
+    assert float((turned - front).abs().mean()) > 0.01  # the face turned
+    torch.testing.assert_close(turned[:, :, -4:, :4], front[:, :, -4:, :4])  # the background did not
+    torch.manual_seed(0)
+    net = AUDetector(AUDetectorConfig(input_size=SIZE))
+    got = check_detector(net, world, bank, retargeter, [0], seed=7, yaws=(0.0, 20.0))
+    want = 0.5 * (detector_response(net, front) + detector_response(net, turned))
+    np.testing.assert_allclose(got[0].response, want[0], atol=1e-6)
+    with pytest.raises(ValueError, match="at least one view"):
+        check_detector(net, world, bank, retargeter, [0], yaws=())
+
+
 def test_image_motion_is_the_largest_vertex_motion_in_rendered_pixels(world_and_retargeter):
     from dcnn_flame.render.camera import OrthographicCamera, to_pixels
 
@@ -184,7 +209,7 @@ def test_command_line_on_a_teachers_file(tmp_path, world_and_retargeter, capsys)
                                        ExpressionClassifier(ExpressionClassifierConfig(input_size=SIZE))))
     out = tmp_path / "check.json"
     assert main(["--teachers", str(path), "--identities", "1", "--json", str(out), "--single-au", "0.5",
-                 "--flip"]) == 0
+                 "--flip", "--yaw", "0,15"]) == 0
     report = json.loads(out.read_text())
     named = [n for n in emotions.default_bank().names if (emotions.default_bank().vector(n) > 0).any()]
     assert report["summary"]["cases"] == len(named) == len(report["results"])
@@ -194,7 +219,12 @@ def test_command_line_on_a_teachers_file(tmp_path, world_and_retargeter, capsys)
         main(["--teachers", str(tmp_path / "missing.pt"), "--single-au", "2"])
     assert "--single-au must be an AU intensity in (0, 1], got 2.0" in capsys.readouterr().err
     assert "[au_check] exact top sets" in printed and "[au_check] single AUs ranked first" in printed
-    assert "expressions exact on the mean response" in printed and ", flip)" in printed
+    assert "expressions exact on the mean response" in printed and ", flip, yaw 0,15)" in printed
+    assert report["views"] == {"yaw_deg": [0.0, 15.0], "flip": True}
+    for bad in ("", "x", "0,95"):
+        with pytest.raises(SystemExit):
+            main(["--teachers", str(path), "--yaw", bad])
+        assert "--yaw must be comma-separated angles" in capsys.readouterr().err
     assert report["summary"]["expressions"] == len(named)
     iso = report["isolation"]
     assert iso["intensity"] == 0.5 and [r["au"] for r in iso["aus"]] == list(AU_IDS)
