@@ -8,6 +8,12 @@ they change the image as much as AUs it sees well (summed pixel change of AU17 a
 AU14's, which J answers with +0.80). The batch job's check asks another question: how did
 this character's face change from its own neutral? Pairs teach exactly that.
 
+Measured (docs/generation.md, "More views of the check, and within-face pairs"): fine-tuning
+the single-image detector this way did NOT give a better instrument for the check (AU17 stays
+invisible and its output turns into a motion detector); the probe shows the within-face change
+holds more than one image (mean R^2 over the AUs 0.56 -> 0.70), which points to a detector that
+takes the neutral render as a second input.
+
 A pair is one view of a ``synthetic_au``-world identity rendered twice with the same pose,
 light, background, albedo and camera: once with the view's AUs (plus the world's nuisance
 expression components and jaw noise) and once neutral (no AU, no nuisance). The loss
@@ -146,9 +152,11 @@ def _render_worker(args: tuple) -> PairSet:
 def render_pairs_parallel(cfg, seed: int, count: int, processes: int = 2, chunk: int = 50) -> PairSet:
     """:func:`render_pairs` of identities ``0 .. count - 1`` in ``processes`` worker processes
     (one torch thread each), in identity order whatever the process count."""
+    if processes <= 1:  # here, with this process's torch threads
+        from dcnn_flame.data.synthetic import world_for
+
+        return render_pairs(world_for(cfg), seed, 0, count)
     jobs = [(dataclasses.asdict(cfg), seed, s, min(chunk, count - s), 1) for s in range(0, count, chunk)]
-    if processes <= 1:
-        return PairSet.concat([_render_worker(j) for j in jobs])
     import multiprocessing as mp
 
     with mp.get_context("spawn").Pool(processes) as pool:

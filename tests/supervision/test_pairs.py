@@ -79,9 +79,12 @@ def test_pairs_differ_only_in_the_face(world, pairs):
 
 
 def test_parallel_rendering_is_the_serial_rendering(world, pairs):
-    got = render_pairs_parallel(_cfg(), 3, 6, processes=2, chunk=2)
-    for f in dataclasses.fields(PairSet):
-        np.testing.assert_array_equal(getattr(got, f.name), getattr(pairs, f.name))
+    threads = torch.get_num_threads()
+    for got in (render_pairs_parallel(_cfg(), 3, 6, processes=2, chunk=2),
+                render_pairs_parallel(_cfg(), 3, 6, processes=1)):
+        for f in dataclasses.fields(PairSet):
+            np.testing.assert_array_equal(getattr(got, f.name), getattr(pairs, f.name))
+    assert torch.get_num_threads() == threads  # the caller's torch threads are left alone
 
 
 def test_pair_loss_matches_a_naive_computation(pairs):
