@@ -233,14 +233,18 @@ def contrast_metrics(au_net, pairs: PairSet, batch_size: int = 64, pos_weight: O
             out.append(p[len(n):] - p[: len(n)])
     finally:
         au_net.train(was)
-    resp = np.concatenate(out) if out else np.zeros((0, NUM_AUS))
+    if not out:
+        nan = {c: math.nan for c in AU_COLUMNS}
+        return {"contrast_mae": math.nan, "contrast_mae_per_au": nan, "response_per_au_at_half": dict(nan),
+                "false_response": dict(nan)}
+    resp = np.concatenate(out)
     y = pairs.au.astype(np.float64)
     target = bce_optimum(torch.from_numpy(y), None if pos_weight is None else pos_weight.double().cpu()).numpy()
     err = np.abs(resp - target)
     slope = (resp * y).sum(0) / np.maximum((y * y).sum(0), 1e-12)
     off = y == 0
     false = (resp * off).sum(0) / np.maximum(off.sum(0), 1)
-    return {"contrast_mae": float(err.mean()) if len(y) else math.nan,
+    return {"contrast_mae": float(err.mean()),
             "contrast_mae_per_au": {c: float(v) for c, v in zip(AU_COLUMNS, err.mean(0))},
             "response_per_au_at_half": {c: float(v) for c, v in zip(AU_COLUMNS, 0.5 * slope)},
             "false_response": {c: float(v) for c, v in zip(AU_COLUMNS, false)}}
@@ -249,7 +253,8 @@ def contrast_metrics(au_net, pairs: PairSet, batch_size: int = 64, pos_weight: O
 def fine_tune(au_net, train: PairSet, val: PairSet, *, epochs: int, lr: float, batch_size: int = 16,
               contrast_weight: float = 4.0, pos_weight: Optional[Tensor] = None, seed: int = 0,
               augment: Optional[dict] = None, log=print) -> tuple[int, list[dict]]:
-    """Adam on :func:`pair_loss` with a cosine learning rate, best epoch by val ``contrast_mae``.
+    """Adam on :func:`pair_loss` with a cosine learning rate, best epoch by val ``contrast_mae``
+    (the last epoch when ``val`` is empty).
 
     ``augment``: keyword arguments of :func:`~dcnn_flame.supervision.augment.augment_batch`
     applied identically to both images of a pair (same flip, crop and colour), or None.
@@ -287,7 +292,7 @@ def fine_tune(au_net, train: PairSet, val: PairSet, *, epochs: int, lr: float, b
         seconds = time.perf_counter() - t0
         history.append({"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train": tr, "val": val_m,
                         "seconds": seconds})
-        if val_m["contrast_mae"] < best:
+        if val_m["contrast_mae"] < best or (len(val) == 0 and epoch == epochs):  # no val pairs: the last epoch
             best, best_epoch, best_state = val_m["contrast_mae"], epoch, copy.deepcopy(au_net.state_dict())
         log(f"[pairs] epoch {epoch}/{epochs}  train loss {tr['loss']:.4f} (bce {tr['bce']:.4f}, contrast "
             f"{tr['contrast']:.4f}) | val contrast mae {val_m['contrast_mae']:.4f}, AU17 / AU23 at 0.5 "

@@ -2,6 +2,7 @@
 computation, synchronised augmentation, the metrics, the split and the command line."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 
@@ -195,6 +196,12 @@ def test_fine_tuning_learns_a_change_between_the_images_of_a_pair():
     assert after["contrast_mae"] == pytest.approx(min(h["val"]["contrast_mae"] for h in history), abs=1e-6)
     assert history[-1]["train"]["contrast"] < 0.3 * history[0]["train"]["contrast"]
     assert after["contrast_mae_per_au"]["au01"] < 0.6 * before
+    # without val pairs the last epoch is kept (not the starting weights)
+    net2 = _net(2)
+    start = copy.deepcopy(net2.state_dict())
+    best, _ = fine_tune(net2, pairs.take(np.arange(16)), pairs.take(np.arange(0)), epochs=2, lr=2e-3,
+                        batch_size=8, seed=0, log=lambda s: None)
+    assert best == 2 and any((start[k] != v).any() for k, v in net2.state_dict().items())
 
 
 def test_ridge_probe_and_what_the_within_face_change_shows():
