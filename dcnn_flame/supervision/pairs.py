@@ -217,7 +217,9 @@ def contrast_metrics(au_net, pairs: PairSet, batch_size: int = 64, pos_weight: O
 
     Returns: ``contrast_mae`` (mean |response - g(y)| over pairs and AUs, g = :func:`bce_optimum`
         of ``pos_weight``), ``contrast_mae_per_au``, ``response_per_au_at_half`` (least-squares
-        slope of the response on y per AU times 0.5: what an AU at 0.5 gets on average) and
+        slope through 0 of the response on y per AU, times 0.5; it includes the output's false
+        response to the other AUs acting with it, so it reads higher than the AU alone: see
+        ``au_check --single-au`` for that) and
         ``false_response`` (mean response of the AUs a pair does not change, per AU: what a
         ranking of the intended AUs has to beat; 0 for a perfect detector).
     """
