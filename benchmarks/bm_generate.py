@@ -19,7 +19,9 @@ paper's Figure 8 set, the default here). Prints one line per measurement:
   retarget and write the characters of a batch in parallel).
 - job:    the whole Ray Data job (:func:`dcnn_flame.generation.pipeline.run`: read, detect,
   align, actor pool, writes) over a manifest of ``--characters`` characters: characters/s and
-  images/s of its Ray stage (the summary's own numbers) and the wall time with set-up.
+  images/s of its Ray stage (the summary's own numbers), the wall time with set-up, the steady
+  rate (characters/s between the 10th and 90th percentile of the characters' completion times,
+  i.e. without the actors' start and the final drain) and how busy the machine's cores were.
 
 The library is ``--unique`` rendered portraits (the demo's sample library) that the manifest
 cycles through under distinct character ids, so every character is decoded, detected,
@@ -156,15 +158,48 @@ def bench_actor(cfg, checkpoint: str, manifest_ids: list[str], manifest: str, ch
             "expressions": len(names), "load_s": actor.load_s}
 
 
+def _cpu_times() -> Optional[tuple[float, float]]:
+    """(busy, total) jiffies of all cores from /proc/stat (Linux), or None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            v = [float(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return None
+    idle = v[3] + (v[4] if len(v) > 4 else 0.0)  # idle + iowait
+    return sum(v) - idle, sum(v)
+
+
+def steady_rate(run_uri: str) -> tuple[float, int]:
+    """Characters/s between the 10th and the 90th percentile of the characters' completion
+    times (their results rows' ``created_at``): the job's rate once every actor has started and
+    before the last batches drain. Returns (rate, characters)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.dataset as pds
+
+    table = pds.dataset(os.path.join(run_uri, "results"), format="parquet").to_table(
+        columns=["created_at"], filter=pds.field("expression") == "reconstruction")
+    ts = table.column("created_at").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+    t = np.sort(ts.to_numpy()) / 1e6  # seconds
+    if len(t) < 20:
+        return float("nan"), len(t)
+    lo, hi = int(0.1 * len(t)), int(0.9 * len(t))
+    return (hi - lo) / max(t[hi] - t[lo], 1e-9), len(t)
+
+
 def bench_job(cfg) -> dict:
     """The whole job through pipeline.run (a fresh run name, so every character runs)."""
     from dcnn_flame.generation.pipeline import run
 
+    c0 = _cpu_times()
     summary = run(cfg)
+    c1 = _cpu_times()
+    steady, _ = steady_rate(summary.run_uri) if summary.completed else (float("nan"), 0)
+    busy = (c1[0] - c0[0]) / max(c1[1] - c0[1], 1.0) if c0 and c1 else float("nan")
     return {"characters": summary.completed + summary.failed, "ok": summary.completed,
             "failed": summary.failed, "images": summary.images, "stage_s": summary.stage_s,
             "elapsed_s": summary.elapsed_s, "cps": summary.characters_per_s, "ips": summary.images_per_s,
-            "expressions": summary.expressions}
+            "expressions": summary.expressions, "steady": steady, "cpu_busy": busy}
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -268,7 +303,9 @@ def main(argv: Optional[list[str]] = None) -> None:
             r = bench_job(cfg)
             print(f"job (write_threads={wt}): {r['ok']}/{r['characters']} characters ({r['failed']} failed) x "
                   f"{r['expressions']} expressions, Ray stage {r['stage_s']:.2f}s: {r['cps']:10.2f} characters/s, "
-                  f"{r['ips']:10.2f} images/s ({r['elapsed_s']:.1f}s with set-up)", flush=True)
+                  f"{r['ips']:10.2f} images/s ({r['elapsed_s']:.1f}s with set-up); steady "
+                  f"{r['steady']:.1f} characters/s (10th-90th percentile of completions); "
+                  f"CPU busy {100 * r['cpu_busy']:.0f} % of all cores", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -269,41 +269,55 @@ class Reconstructor:
             from concurrent.futures import ThreadPoolExecutor
 
             self.pool = ThreadPoolExecutor(int(s.write_threads), thread_name_prefix="dcnn-flame-write")
+        self._expr_cache: Optional[tuple] = None  # the expressions' parameters (see _expressions)
         self.load_s = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ helpers
-    def _detail_fn(self, rec: Reconstruction):
-        dec = getattr(self.loaded.model, "detail_decoder", None)
-        if not self.settings.bake_detail or dec is None or rec.detail_code is None:
-            return None
-        code = rec.detail_code.to(self.device)
-
-        def detail(expression: torch.Tensor, jaw: torch.Tensor) -> torch.Tensor:
+    def _expressions(self) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The actor's expressions (bank, then performance): names, AU rows [K, 17] (NaN for
+        performance frames), expression [K, n_expr] and jaw [K, 3] on the actor's device.
+        The same for every character: computed once."""
+        if self._expr_cache is None:
+            names, au_rows, exprs, jaws = [], [], [], []
             with torch.inference_mode():
-                return dec(code[None].expand(expression.shape[0], -1), expression, jaw).float()
+                if self.settings.bank_names:
+                    e, j = self.retargeter.au_to_params(self.bank_au.to(self.device))
+                    names += list(self.settings.bank_names)
+                    au_rows.append(self.bank_au)
+                    exprs.append(e)
+                    jaws.append(j)
+                if self.perf_expr is not None:
+                    if self.perf_expr.shape[1] != self.retargeter.n_expr:
+                        raise ValueError(f"performance expression has {self.perf_expr.shape[1]} components, "
+                                         f"the model {self.retargeter.n_expr}")
+                    names += list(self.settings.performance_names)
+                    au_rows.append(torch.full((len(self.settings.performance_names), 17), float("nan")))
+                    exprs.append(self.perf_expr.to(self.device))
+                    jaws.append(self.perf_jaw.to(self.device))
+            expression = (torch.cat(exprs).float() if exprs
+                          else torch.zeros(0, self.retargeter.n_expr, device=self.device))
+            jaw = torch.cat(jaws).float() if jaws else torch.zeros(0, 3, device=self.device)
+            au = torch.cat(au_rows) if au_rows else torch.zeros(0, 17)
+            self._expr_cache = (names, au, expression, jaw)
+        return self._expr_cache
 
-        return detail
-
-    def _retarget(self, rec: Reconstruction):
-        """All expressions of one character: names, AU rows [K, 17], RetargetOutput."""
-        names, au_rows, exprs, jaws = [], [], [], []
-        if self.settings.bank_names:
-            e, j = self.retargeter.au_to_params(self.bank_au.to(self.device))
-            names += list(self.settings.bank_names)
-            au_rows.append(self.bank_au)
-            exprs.append(e)
-            jaws.append(j)
-        if self.perf_expr is not None:
-            names += list(self.settings.performance_names)
-            au_rows.append(torch.full((len(self.settings.performance_names), 17), float("nan")))
-            exprs.append(self.perf_expr.to(self.device))
-            jaws.append(self.perf_jaw.to(self.device))
-        expression = torch.cat(exprs) if exprs else torch.zeros(0, self.retargeter.n_expr, device=self.device)
-        jaw = torch.cat(jaws) if jaws else torch.zeros(0, 3, device=self.device)
+    def _retarget_many(self, recs: list[Reconstruction]) -> tuple[list[str], torch.Tensor, Any]:
+        """All expressions of B characters in one pass: names, AU rows [K, 17], and a batched
+        RetargetOutput on the actor's device (vertices [B, K, V, 3], neutral [B, V, 3])."""
+        names, au, expression, jaw = self._expressions()
+        shapes = torch.stack([r.shape for r in recs]).to(self.device)
+        K = expression.shape[0]
         with torch.inference_mode():
-            out = self.retargeter.retarget_from_performance(rec.shape.to(self.device), expression, jaw,
-                                                            self._detail_fn(rec))
-        au = torch.cat(au_rows) if au_rows else torch.zeros(0, 17)
+            disp = None
+            dec = getattr(self.loaded.model, "detail_decoder", None)
+            if self.settings.bake_detail and dec is not None and all(r.detail_code is not None for r in recs):
+                codes = torch.stack([r.detail_code for r in recs]).to(self.device)  # [B, D]
+                e_all = torch.cat([expression.new_zeros(1, expression.shape[1]), expression])
+                j_all = torch.cat([jaw.new_zeros(1, 3), jaw])
+                B = len(recs)
+                disp = dec(codes.repeat_interleave(K + 1, dim=0), e_all.repeat(B, 1), j_all.repeat(B, 1)).float()
+                disp = disp.reshape(B, K + 1, *disp.shape[1:])
+            out = self.retargeter.meshes_many(shapes, expression, jaw, disp)
         return names, au, out
 
     def _maybe_block(self) -> None:
@@ -344,12 +358,30 @@ class Reconstructor:
                     status[i] = self._fail_character(rows[i], "reconstruct", "error", f"{type(exc).__name__}: {exc}")
                 continue
             per_char_ms = (time.perf_counter() - t0) * 1000.0 / len(idx)
+            # Retarget and preview-render the whole group on the device in one pass each; the
+            # per-character CPU work (GLB, PNG, Parquet, files) then runs per character.
+            t1 = time.perf_counter()
+            try:
+                names, au, out = self._retarget_many(recs)
+                outs = _split_outputs(_to_cpu(out), len(recs))
+            except Exception as exc:  # noqa: BLE001 - one bad group must not kill the batch
+                for i in idx:
+                    status[i] = self._fail_character(rows[i], "retarget", "error", f"{type(exc).__name__}: {exc}")
+                continue
+            t2 = time.perf_counter()
+            retarget_ms = (t2 - t1) * 1000.0 / len(idx)
+            try:
+                tiles = self.writer.preview_tiles(_split_outputs(out, len(recs)), [r.albedo for r in recs], names)
+            except Exception:  # noqa: BLE001 - rendered per character instead, where errors become write failures
+                tiles = None
+            tiles_ms = (time.perf_counter() - t2) * 1000.0 / len(idx)  # counted in each character's write_ms
+            work = [(i, rows[i], rec, names, au, outs[k], None if tiles is None else tiles[k],
+                     per_char_ms, retarget_ms, tiles_ms) for k, (i, rec) in enumerate(zip(idx, recs))]
             if self.pool is None:
-                for i, rec in zip(idx, recs):
-                    status[i] = self._finish_character(rows[i], rec, per_char_ms)
+                for i, *args in work:
+                    status[i] = self._finish_character(*args)
             else:
-                futures = [(i, self.pool.submit(self._finish_character, rows[i], rec, per_char_ms))
-                           for i, rec in zip(idx, recs)]
+                futures = [(i, self.pool.submit(self._finish_character, *args)) for i, *args in work]
                 for i, fut in futures:
                     try:
                         status[i] = fut.result()
@@ -368,23 +400,40 @@ class Reconstructor:
                 "num_images": len(row.get("images") or []), "num_failures": len(failures), "num_expressions": 0,
                 "reason": reason, "reconstruct_ms": 0.0, "write_ms": 0.0}
 
-    def _finish_character(self, row: dict, rec: Reconstruction, reconstruct_ms: float) -> dict:
-        t0 = time.perf_counter()
-        try:
-            names, au, out = self._retarget(rec)
-        except Exception as exc:  # noqa: BLE001
-            return self._fail_character(row, "retarget", "error", f"{type(exc).__name__}: {exc}")
-        retarget_ms = (time.perf_counter() - t0) * 1000.0
+    def _finish_character(self, row: dict, rec: Reconstruction, names: list[str], au: torch.Tensor, out: Any,
+                          tiles: Optional[np.ndarray], reconstruct_ms: float, retarget_ms: float,
+                          tiles_ms: float = 0.0) -> dict:
         failures = json.loads(row.get("failures") or "[]")
         t1 = time.perf_counter()
         try:
             self.writer.write_character(row["character_id"], row["character_key"], rec, names, au, out,
                                         failures, num_images=len(row["images"]),
                                         timings=(reconstruct_ms + float(row.get("decode_ms") or 0.0), retarget_ms),
-                                        before_success=self._maybe_block)
+                                        before_success=self._maybe_block, tiles=tiles, tiles_ms=tiles_ms)
         except Exception as exc:  # noqa: BLE001
             return self._fail_character(row, "write", "error", f"{type(exc).__name__}: {exc}")
         return {"character_id": row["character_id"], "character_key": row["character_key"], "status": "ok",
                 "num_images": len(row["images"]), "num_failures": len(failures), "num_expressions": len(names),
                 "reason": None, "reconstruct_ms": float(reconstruct_ms),
-                "write_ms": float((time.perf_counter() - t1) * 1000.0)}
+                "write_ms": float((time.perf_counter() - t1) * 1000.0 + tiles_ms)}
+
+
+def _to_cpu(out: Any) -> Any:
+    """A batched RetargetOutput moved to the CPU in one transfer per tensor."""
+    from dcnn_flame.generation.retarget import RetargetOutput
+
+    return RetargetOutput(expression=out.expression.float().cpu(), pose=out.pose.float().cpu(),
+                          vertices=out.vertices.float().cpu(), neutral=out.neutral.float().cpu(),
+                          displacement=None if out.displacement is None else out.displacement.float().cpu())
+
+
+def _character_output(out: Any, b: int) -> Any:
+    """Character ``b`` of a batched RetargetOutput (vertices [B, K, V, 3]) -> its own (vertices [K, V, 3])."""
+    from dcnn_flame.generation.retarget import RetargetOutput
+
+    return RetargetOutput(expression=out.expression, pose=out.pose, vertices=out.vertices[b],
+                          neutral=out.neutral[b], displacement=None if out.displacement is None else out.displacement[b])
+
+
+def _split_outputs(out: Any, count: int) -> list:
+    return [_character_output(out, b) for b in range(count)]

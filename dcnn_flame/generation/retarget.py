@@ -191,20 +191,47 @@ class Retargeter(nn.Module):
             displacement: optional [K + 1, 1, Hd, Wd] detail maps, row 0 for the neutral
                 (baked along the normals).
         """
-        shape = shape.reshape(1, -1).to(torch.float32)
         K = expression.shape[0]
+        if displacement is not None and displacement.shape[0] != K + 1:
+            raise ValueError(f"displacement must be [K + 1, 1, H, W] = [{K + 1}, 1, H, W] (row 0 = neutral), "
+                             f"got {tuple(displacement.shape)}")
+        out = self.meshes_many(shape.reshape(1, -1), expression, jaw,
+                               None if displacement is None else displacement[None])
+        return RetargetOutput(expression=out.expression, pose=out.pose, vertices=out.vertices[0],
+                              neutral=out.neutral[0], displacement=displacement)
+
+    def meshes_many(self, shapes: Tensor, expression: Tensor, jaw: Tensor,
+                    displacement: Optional[Tensor] = None) -> RetargetOutput:
+        """The same K expressions (and the neutral) on B identities in one head-model pass (the
+        batch job's actors: one pass per batch instead of one per character).
+
+        Args:
+            shapes: [B, n_shape].
+            expression: [K, n_expr]; jaw: [K, 3] axis-angle.
+            displacement: optional [B, K + 1, 1, Hd, Wd] detail maps, row 0 of each the neutral.
+        Returns:
+            RetargetOutput with vertices [B, K, V, 3] and neutral [B, V, 3] (expression [K, E],
+            pose [K, 15] shared; displacement as given).
+        """
+        shapes = shapes.to(torch.float32)
+        if shapes.dim() != 2:
+            raise ValueError(f"shapes must be [B, n_shape], got {tuple(shapes.shape)}")
+        B, K = shapes.shape[0], expression.shape[0]
         pose = expression.new_zeros(K, POSE_DIM)
         pose[:, _JAW] = jaw
-        out = self.flame(shape=shape.expand(K + 1, -1),
-                         expression=torch.cat([expression.new_zeros(1, self.n_expr), expression]),
-                         pose=torch.cat([pose.new_zeros(1, POSE_DIM), pose]))
-        verts = out.vertices
+        expr_all = torch.cat([expression.new_zeros(1, self.n_expr), expression])  # [K + 1, E]
+        pose_all = torch.cat([pose.new_zeros(1, POSE_DIM), pose])
+        out = self.flame(shape=shapes.repeat_interleave(K + 1, dim=0),
+                         expression=expr_all.repeat(B, 1), pose=pose_all.repeat(B, 1))
+        verts = out.vertices  # [B * (K + 1), V, 3]
         if displacement is not None:
-            if displacement.shape[0] != K + 1:
-                raise ValueError(f"displacement must be [K + 1, 1, H, W] = [{K + 1}, 1, H, W] (row 0 = neutral), "
-                                 f"got {tuple(displacement.shape)}")
-            verts = bake_displacement(verts, self.faces, self.vertex_uv, self.used, displacement)
-        return RetargetOutput(expression=expression, pose=pose, vertices=verts[1:], neutral=verts[0],
+            if tuple(displacement.shape[:2]) != (B, K + 1):
+                raise ValueError(f"displacement must be [B, K + 1, 1, H, W] = [{B}, {K + 1}, 1, H, W] "
+                                 f"(row 0 = neutral), got {tuple(displacement.shape)}")
+            verts = bake_displacement(verts, self.faces, self.vertex_uv, self.used,
+                                      displacement.reshape(B * (K + 1), *displacement.shape[2:]))
+        verts = verts.reshape(B, K + 1, *verts.shape[1:])
+        return RetargetOutput(expression=expression, pose=pose, vertices=verts[:, 1:], neutral=verts[:, 0],
                               displacement=displacement)
 
     def retarget_bank(self, shape: Tensor, au: Tensor,

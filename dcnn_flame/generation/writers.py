@@ -109,12 +109,10 @@ def write_failures_if_changed(uri: str, run_name: str, character_id: Optional[st
 
 
 def png_bytes(image: np.ndarray) -> bytes:
-    """[H, W, 3] uint8 -> PNG bytes."""
-    from PIL import Image
+    """[H, W, 3] uint8 -> PNG bytes (:func:`dcnn_flame.io.png.encode_png`, zlib level 1)."""
+    from dcnn_flame.io.png import encode_png
 
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG", compress_level=3)
-    return buf.getvalue()
+    return encode_png(image, level=1)
 
 
 def albedo_png(albedo: torch.Tensor) -> bytes:
@@ -125,15 +123,18 @@ def albedo_png(albedo: torch.Tensor) -> bytes:
 
 
 class PreviewRenderer:
-    """Renders a character's expressions frontally for the preview contact sheet.
+    """Renders characters' expressions frontally for the preview contact sheets.
 
     Args:
         data: the head model (faces, UVs).
         size: tile side in pixels.
         device: where to render (the actor's device: on a GPU actor previews render on the GPU).
+        max_tiles: tiles per renderer call in :meth:`render_many` (None: 256 on a GPU, where one
+            call for many characters costs little more than one for a single character, and one
+            character per call on a CPU, where large batches ran slower).
     """
 
-    def __init__(self, data: Any, size: int, device: Any = "cpu"):
+    def __init__(self, data: Any, size: int, device: Any = "cpu", max_tiles: Optional[int] = None):
         from dcnn_flame.data.synthetic import sh_from_lights
         from dcnn_flame.render import Renderer, RendererConfig
 
@@ -145,19 +146,35 @@ class PreviewRenderer:
         sh = sh_from_lights(np.array([0.55, 0.55, 0.55]), np.array([0.6, 0.6, 0.6]), np.array([0.3, 0.4, 1.0]))
         self.sh = torch.from_numpy(sh.reshape(1, 27)).float().to(device)
         self.device = torch.device(device)
+        self.max_tiles = max_tiles
 
     def render(self, vertices: torch.Tensor, albedo: torch.Tensor) -> np.ndarray:
         """vertices [K, V, 3] (same head pose), albedo [3, Ht, Wt] -> [K, size, size, 3] uint8."""
+        return self.render_many(vertices[None], albedo[None])[0]
+
+    def render_many(self, vertices: torch.Tensor, albedo: torch.Tensor) -> np.ndarray:
+        """B characters' tiles: vertices [B, K, V, 3], albedo [B, 3, Ht, Wt] -> [B, K, size, size, 3] uint8.
+
+        Each character is framed by its own first mesh (its neutral), as :meth:`render` does.
+        """
         v = vertices.float().to(self.device)
-        lo, hi = v[0, :, :2].amin(0), v[0, :, :2].amax(0)
-        scale = 1.8 / float((hi - lo).max().clamp_min(1e-6))
-        centre = -0.5 * (lo + hi)
-        cam = torch.tensor([[scale, float(centre[0]), float(centre[1])]], device=self.device).expand(v.shape[0], 3)
-        bg = torch.full((v.shape[0], 3, self.size, self.size), 0.18, device=self.device)
+        B, K = v.shape[:2]
+        lo, hi = v[:, 0, :, :2].amin(1), v[:, 0, :, :2].amax(1)  # [B, 2]
+        scale = 1.8 / (hi - lo).amax(1).clamp_min(1e-6)
+        cam = torch.cat([scale[:, None], -0.5 * (lo + hi)], 1)  # [B, 3]
+        cam = cam[:, None].expand(B, K, 3).reshape(B * K, 3)
+        tex = albedo.float().to(self.device)
+        tex = tex[:, None].expand(B, K, *tex.shape[1:]).reshape(B * K, *tex.shape[1:])
+        flat = v.reshape(B * K, *v.shape[2:])
+        step = max(1, int(self.max_tiles or (256 if self.device.type == "cuda" else K)))
+        tiles = []
         with torch.inference_mode():
-            out = self.renderer(v, cam, albedo.float().to(self.device)[None], self.sh.expand(v.shape[0], 27),
-                                background=bg)
-        return (out.image.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            for i in range(0, B * K, step):
+                n = min(step, B * K - i)
+                bg = torch.full((n, 3, self.size, self.size), 0.18, device=self.device)
+                out = self.renderer(flat[i:i + n], cam[i:i + n], tex[i:i + n], self.sh.expand(n, 27), background=bg)
+                tiles.append((out.image.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1))
+        return torch.cat(tiles).cpu().numpy().reshape(B, K, self.size, self.size, 3)
 
 
 class CharacterWriter:
@@ -182,6 +199,41 @@ class CharacterWriter:
         self.step = int(step)
         self.preview = (PreviewRenderer(data, settings.preview_size, device)
                         if settings.preview and self.uv_coords is not None else None)
+        self._sheets: dict[tuple, Any] = {}  # caption layout -> SheetTemplate (drawn once)
+
+    def preview_indices(self, names: Sequence[str]) -> list[int]:
+        """Indices of the expressions shown on the preview sheet (after the neutral tile)."""
+        return list(range(min(len(names), max(0, self.s.preview_max - 1))))
+
+    def preview_tiles(self, outs: Sequence[Any], albedos: Sequence[torch.Tensor], names: Sequence[str]
+                      ) -> Optional[np.ndarray]:
+        """Several characters' preview tiles in one renderer pass.
+
+        Args:
+            outs: RetargetOutput per character (same expressions ``names``).
+            albedos: [3, Ht, Wt] per character.
+        Returns:
+            [B, 1 + shown, size, size, 3] uint8 (the neutral first), or None without previews.
+        """
+        if self.preview is None or not outs:
+            return None
+        shown = self.preview_indices(names)
+        verts = torch.stack([torch.cat([o.neutral[None].float(), o.vertices[shown].float()]) for o in outs])
+        return self.preview.render_many(verts, torch.stack([a.float() for a in albedos]))
+
+    def _sheet_png(self, tiles: np.ndarray, names: Sequence[str]) -> bytes:
+        """[1 + shown, size, size, 3] tiles -> the preview sheet's PNG (caption layout cached)."""
+        from dcnn_flame.data.contact_sheet import SheetTemplate
+
+        labels = ["reconstruction"] + [names[k] for k in self.preview_indices(names)]
+        key = (tuple(labels), tiles.shape)
+        sheet = self._sheets.get(key)
+        if sheet is None:
+            if len(self._sheets) >= 16:
+                self._sheets.clear()
+            sheet = self._sheets[key] = SheetTemplate(len(tiles), tiles.shape[1], tiles.shape[2],
+                                                      cols=min(5, len(tiles)), labels=labels)
+        return png_bytes(sheet.compose(tiles))
 
     def write_failures(self, character_id: str, key: str, failures: Sequence[dict]) -> None:
         write_failures_if_changed(failures_uri(self.s.run_uri, key), self.s.run_name, character_id, key,
@@ -192,7 +244,8 @@ class CharacterWriter:
 
     def write_character(self, character_id: str, key: str, rec: Any, names: list[str], au: torch.Tensor,
                         out: Any, failures: Sequence[dict], num_images: int, timings: tuple[float, float],
-                        before_success: Optional[Callable[[], None]] = None) -> None:
+                        before_success: Optional[Callable[[], None]] = None,
+                        tiles: Optional[np.ndarray] = None, tiles_ms: float = 0.0) -> None:
         """Write everything of one character, ``_SUCCESS`` last.
 
         Args:
@@ -202,6 +255,9 @@ class CharacterWriter:
             failures: image failures of this character (kept in the failures table).
             timings: (reconstruct_ms incl. decode, retarget_ms) per character.
             before_success: called before ``_SUCCESS`` is written (test fault injection).
+            tiles: the preview's tiles rendered beforehand (:meth:`preview_tiles` for a whole
+                batch); None = rendered here.
+            tiles_ms: this character's share of rendering ``tiles`` (counted in ``write_ms``).
         """
         import time
 
@@ -232,17 +288,11 @@ class CharacterWriter:
                 obj_uris[n] = uri
         preview_uri = None
         if self.preview is not None:
-            from dcnn_flame.data.contact_sheet import contact_sheet
-
-            shown = list(range(min(len(names), max(0, s.preview_max - 1))))
-            verts = torch.cat([out.neutral[None].float(), out.vertices[shown].float()])
-            tiles = self.preview.render(verts, rec.albedo)
-            sheet = contact_sheet(tiles, cols=min(5, len(tiles)), labels=["reconstruction"] + [names[k] for k in shown])
-            buf = io.BytesIO()
-            sheet.save(buf, format="PNG", compress_level=3)  # lossless; level 6 takes twice the CPU
+            if tiles is None:
+                tiles = self.preview_tiles([out], [rec.albedo], names)[0]
             preview_uri = character_uri(run, key, "preview.png")
-            self._put(preview_uri, buf.getvalue())
-        write_ms = (time.perf_counter() - t0) * 1000.0
+            self._put(preview_uri, self._sheet_png(tiles, names))
+        write_ms = (time.perf_counter() - t0) * 1000.0 + float(tiles_ms)
 
         now = _dt.datetime.now(_dt.timezone.utc)
         shape = rec.shape.tolist()

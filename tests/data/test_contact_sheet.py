@@ -32,3 +32,28 @@ def test_no_landmarks_and_bad_shapes():
         contact_sheet(images[0], None)
     with pytest.raises(ValueError):
         contact_sheet(images, np.zeros((3, 68, 2)))
+
+
+@pytest.mark.parametrize("n, cols, labels", [
+    (10, 5, ["reconstruction", "anger", "surprise", "confusion", "sadness", "joy", "irritation", "excitement",
+             "dissatisfaction", "worry"]),
+    (4, 3, ["a", "", "a much longer caption that is cut at forty characters ....", "x"]),
+    (3, 4, None),
+    (5, 2, ["only one"]),
+])
+def test_sheet_template_equals_contact_sheet(n, cols, labels):
+    """The batch job's cached-caption sheet has contact_sheet's pixels exactly (captions blended
+    over random tiles with PIL's rounding)."""
+    from dcnn_flame.data.contact_sheet import SheetTemplate
+
+    rng = np.random.default_rng(n)
+    tiles = rng.integers(0, 256, (n, 40, 56, 3), dtype=np.uint8)
+    template = SheetTemplate(n, 40, 56, cols=cols, labels=labels)
+    for _ in range(2):  # composing twice leaves the template unchanged
+        np.testing.assert_array_equal(template.compose(tiles), np.asarray(contact_sheet(tiles, cols=cols,
+                                                                                        labels=labels)))
+        tiles = rng.integers(0, 256, tiles.shape, dtype=np.uint8)
+    if labels and any(labels):
+        assert sum(len(c[0]) for c in template.captions) > 0  # the captions do cover pixels
+    with pytest.raises(ValueError, match=r"takes \[%d, 40, 56, 3\] tiles" % n):
+        template.compose(tiles[:, :20])
