@@ -236,6 +236,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--obj", action="store_true", help="also write OBJ files")
     ap.add_argument("--detector", default="center", help="face boxes: center (the portraits are centred), "
                     "s3fd, opencv or auto")
+    ap.add_argument("--ray-stats", action="store_true", help="print Ray Data's per-operator statistics after "
+                    "each whole-job run")
     ap.add_argument("--stages", default="decode,model,actor,job", help="which measurements to run")
     ap.add_argument("--workdir", default=None, help="inputs and outputs (default: a temporary folder)")
     args = ap.parse_args(argv)
@@ -265,7 +267,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         expressions=[e.strip() for e in args.expressions.split(",") if e.strip()], preview=not args.no_preview,
         write_obj=args.obj, batch_size=args.batch_size, decode_batch_size=args.decode_batch_size,
         num_actors=args.num_actors, num_gpus=args.num_gpus, num_cpus_per_actor=args.num_cpus_per_actor,
-        device=args.device, bf16=args.bf16, detector=args.detector, progress=False, ray=RayConfig())
+        device=args.device, bf16=args.bf16, detector=args.detector, progress=False, ray_stats=args.ray_stats,
+        ray=RayConfig())
 
     if "decode" in stages:
         r = bench_decode(cfg, manifest, min(args.characters * args.images_per_character, 256))

@@ -578,9 +578,11 @@ class GenerateConfig:
     num_cpus_per_actor: float = 1.0
     """CPUs reserved per reconstruction actor (match write_threads on GPU actors)."""
     write_threads: int = 1
-    """Characters of a batch that one reconstruction actor retargets and writes in parallel
-    (threads). Writing (GLB, PNG, Parquet, uploads) is CPU work that would leave a GPU actor's GPU
-    idle: use 3-4 on GPU actors with num_cpus_per_actor to match. 1 = one after the other."""
+    """Characters of a batch that one reconstruction actor writes in parallel (threads; the batch
+    is retargeted and its previews rendered in one pass before). Writing (GLB, PNG, Parquet,
+    uploads) is CPU work that would leave a GPU actor's GPU idle: 2-3 on GPU actors (on the
+    16-core H200 machine 12 actors x 1 CPU x 2 threads was the fastest layout measured; see
+    docs/generation.md). 1 = one after the other."""
     device: str = "auto"
     """Torch device of the actors: "auto" (cuda when the actor has a GPU, else cpu), "cpu", "cuda"."""
     bf16: bool = False
@@ -615,6 +617,9 @@ class GenerateConfig:
     the failures table, listed in the summary); only a broken job exits non-zero."""
     progress: bool = True
     """Ray Data progress bars."""
+    ray_stats: bool = False
+    """Print Ray Data's per-operator statistics (``Dataset.stats()``: wall, CPU, blocked time and
+    rows of the decode tasks and the actors) after the run, to find where a slow job waits."""
     stall_timeout_s: float = 1800.0
     """Fail when the pipeline makes no progress for this long (Ray Data no-progress timeout)."""
     fault_injection: Optional[str] = None

@@ -176,11 +176,21 @@ def detector_response(au_net, images: Tensor, flip: bool = False) -> np.ndarray:
     ``flip``: average the activations of each image and its mirror image (left-right) first.
     The bank's AUs are bilateral, so a mirrored face shows the same AUs; averaging the two
     halves the detector's left/right-specific noise (standard test-time augmentation).
+    A two-input detector (:class:`~dcnn_flame.supervision.reference.ReferenceAUDetector`) sees
+    row 0 as the reference: D(expression | neutral) - D(neutral | neutral).
     """
+    from dcnn_flame.supervision.reference import ReferenceAUDetector, reference_response
+
     was_training = au_net.training
     au_net.eval()
     try:
         with torch.no_grad():
+            if isinstance(au_net, ReferenceAUDetector):  # D(expression | neutral) - D(neutral | neutral)
+                resp = reference_response(au_net, images[1:], images[0]).double().cpu().numpy()
+                if flip:
+                    m = images.flip(-1)
+                    resp = 0.5 * (resp + reference_response(au_net, m[1:], m[0]).double().cpu().numpy())
+                return resp
             probs = au_net(images).probs.double().cpu().numpy()
             if flip:
                 probs = 0.5 * (probs + au_net(images.flip(-1)).probs.double().cpu().numpy())
@@ -269,10 +279,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from dcnn_flame.data.synthetic import world_for
     from dcnn_flame.generation import emotions
     from dcnn_flame.generation.retarget import Retargeter, load_au_map
-    from dcnn_flame.supervision.bundle import load_teachers
+    from dcnn_flame.supervision.reference import load_au_detector
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--teachers", required=True, help="teachers file of jobs/train_supervision.py (path or URI)")
+    p.add_argument("--teachers", required=True, help="teachers file of jobs/train_supervision.py, or a two-input "
+                   "detector of `python -m dcnn_flame.supervision.pairs --reference` (path or URI)")
     p.add_argument("--identities", type=int, default=3, help="synthetic characters to check")
     p.add_argument("--seed", type=int, default=7, help="synthetic world seed of the characters")
     p.add_argument("--bank", default=None, help="expression bank YAML (default: the built-in bank)")
@@ -293,7 +304,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         yaws = []
     if not yaws or any(not -90.0 < v < 90.0 for v in yaws):
         p.error(f"--yaw must be comma-separated angles in (-90, 90) degrees, e.g. 0,-20,20; got {a.yaw!r}")
-    au_net, _, meta = load_teachers(a.teachers)
+    au_net, _ = load_au_detector(a.teachers)
     size = int(getattr(au_net.cfg, "input_size", 112))
     world = world_for(SyntheticConfig(image_size=size))
     bank = emotions.load_bank(a.bank) if a.bank else emotions.default_bank()

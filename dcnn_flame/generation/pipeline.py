@@ -315,6 +315,8 @@ def run(cfg: "GenerateConfig") -> GenerateSummary:
         finally:
             ctx.enable_progress_bars, ctx.execution_no_progress_timeout_s = saved
         summary.stage_s = time.time() - t_stage
+        if cfg.ray_stats:
+            print(f"generate: Ray Data statistics of the run\n{ds.stats()}", flush=True)
         # Images that failed to decode are not in num_images: count the planned ones.
         summary.images = sum(len(t.image_uris) for t in todo)
     summary.elapsed_s = time.time() - t_start

@@ -35,6 +35,9 @@ both (val contrast error 0.122 -> 0.138 after two epochs).
 
 writes a teachers file (the expression classifier is copied from ``--init`` unchanged) and a
 metrics JSON next to it; check it with ``python -m dcnn_flame.generation.au_check``.
+``--reference`` trains a two-input detector on the same pairs instead
+(:mod:`dcnn_flame.supervision.reference`: the face and its neutral; loss BCE(D(e | n), y) +
+BCE(D(n | n), 0)) and writes that detector's file, which ``au_check --teachers`` also reads.
 ``--probe`` trains nothing and writes (to ``--output``, JSON) how much of each AU a linear
 read-out of the ``--init`` detector's conv features finds in one image and in the change
 from the same face's neutral (:func:`feature_probe`).
@@ -211,9 +214,21 @@ def _images(x: np.ndarray, device: torch.device) -> Tensor:
     return torch.from_numpy(x).to(device).permute(0, 3, 1, 2).float().div_(255.0)
 
 
+def pair_response(au_net, neutral: Tensor, expressed: Tensor) -> Tensor:
+    """The detector's response to each pair, in its current mode: p(expressed) - p(neutral) for
+    a single-image detector, D(expressed | neutral) - D(neutral | neutral) for a two-input one
+    (:mod:`dcnn_flame.supervision.reference`). Shapes: [B, 3, S, S] each -> [B, 17]."""
+    from dcnn_flame.supervision.reference import ReferenceAUDetector, reference_response
+
+    if isinstance(au_net, ReferenceAUDetector):
+        return reference_response(au_net, expressed, neutral)
+    p = au_net(torch.cat([neutral, expressed])).probs
+    return p[len(neutral):] - p[: len(neutral)]
+
+
 @torch.no_grad()
 def contrast_metrics(au_net, pairs: PairSet, batch_size: int = 64, pos_weight: Optional[Tensor] = None) -> dict:
-    """Eval-mode response (expressed minus neutral) against the AUs, on every pair.
+    """Eval-mode response (:func:`pair_response`) against the AUs, on every pair.
 
     Returns: ``contrast_mae`` (mean |response - g(y)| over pairs and AUs, g = :func:`bce_optimum`
         of ``pos_weight``), ``contrast_mae_per_au``, ``response_per_au_at_half`` (least-squares
@@ -231,8 +246,7 @@ def contrast_metrics(au_net, pairs: PairSet, batch_size: int = 64, pos_weight: O
         for s in range(0, len(pairs), batch_size):
             n = _images(pairs.neutral[s:s + batch_size], device)
             e = _images(pairs.expressed[s:s + batch_size], device)
-            p = au_net(torch.cat([n, e])).probs.double().cpu().numpy()
-            out.append(p[len(n):] - p[: len(n)])
+            out.append(pair_response(au_net, n, e).double().cpu().numpy())
     finally:
         au_net.train(was)
     if not out:
@@ -394,6 +408,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--processes", type=int, default=2, help="processes rendering the pairs")
     p.add_argument("--cache", default=None, help=".npz of the rendered pairs: read if it exists, else written")
     p.add_argument("--threads", type=int, default=None, help="torch threads for training")
+    p.add_argument("--reference", action="store_true",
+                   help="train a two-input detector (the face and its neutral; dcnn_flame.supervision.reference) "
+                        "built on --init's AU detector, and write it to --output instead of a teachers file")
     p.add_argument("--probe", action="store_true",
                    help="train nothing: report a ridge read-out of --init's conv features per AU, from one "
                         "image and from the within-face change (val = --val-fraction of the identities)")
@@ -436,23 +453,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     # from the expressed images, as for single-image training (most training images are expressed)
     pos_weight = au_pos_weight(torch.from_numpy(train.au))
+    if a.reference:
+        from dcnn_flame.supervision.reference import ReferenceAUDetector
+
+        au_net = ReferenceAUDetector(au_net)  # starts as exactly --init's detector
     before = contrast_metrics(au_net, val, pos_weight=pos_weight)
     print(f"[pairs] {len(train)} train / {len(val)} val pairs; before: val contrast mae {before['contrast_mae']:.4f}, "
           f"AU17 / AU23 at 0.5 {before['response_per_au_at_half']['au17']:+.2f} / "
           f"{before['response_per_au_at_half']['au23']:+.2f}, false "
           f"{np.mean(list(before['false_response'].values())):+.3f}", flush=True)
-    best_epoch, history = fine_tune(au_net, train, val, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
-                                    contrast_weight=a.contrast_weight, pos_weight=pos_weight, seed=a.seed,
-                                    augment=dict(flip_prob=0.5, crop_scale_min=0.9, color_jitter=0.1))
+    augment = dict(flip_prob=0.5, crop_scale_min=0.9, color_jitter=0.1)
+    if a.reference:
+        from dcnn_flame.supervision.reference import train_reference
+
+        best_epoch, history = train_reference(au_net, train, val, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
+                                              pos_weight=pos_weight, seed=a.seed, augment=augment)
+    else:
+        best_epoch, history = fine_tune(au_net, train, val, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
+                                        contrast_weight=a.contrast_weight, pos_weight=pos_weight, seed=a.seed,
+                                        augment=augment)
     after = contrast_metrics(au_net, val, pos_weight=pos_weight)
     au_net.eval()
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(a).items()}
     report = {"init": a.init, "pairs": len(pairs), "train_pairs": len(train), "val_pairs": len(val),
               "best_epoch": best_epoch, "val_before": before, "val_after": after, "history": history,
               "config": config, "seconds": time.perf_counter() - t0}
-    new_meta = {**meta, "pairs": {k: v for k, v in report.items() if k != "history"}}
-    atomic_write_bytes(a.output, teachers_to_bytes(au_net, expr_net, meta=json.loads(json.dumps(new_meta,
-                                                                                                default=str))))
+    new_meta = json.loads(json.dumps({**meta, "pairs": {k: v for k, v in report.items() if k != "history"}},
+                                     default=str))
+    if a.reference:
+        from dcnn_flame.supervision.reference import reference_to_bytes
+
+        atomic_write_bytes(a.output, reference_to_bytes(au_net, meta=new_meta))
+    else:
+        atomic_write_bytes(a.output, teachers_to_bytes(au_net, expr_net, meta=new_meta))
     atomic_write_bytes(metrics_uri_of(a.output), json.dumps(report, indent=1, default=str).encode())
     print(f"[pairs] best epoch {best_epoch}: val contrast mae {before['contrast_mae']:.4f} -> "
           f"{after['contrast_mae']:.4f} -> {a.output}", flush=True)

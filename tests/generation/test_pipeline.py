@@ -202,9 +202,9 @@ def test_rerun_with_another_checkpoint_is_refused(local_run, tmp_path):
         run(cfg)
 
 
-def test_overwrite_redoes_a_character(ray_local, library, tiny_ckpt, tmp_path):
+def test_overwrite_redoes_a_character(ray_local, library, tiny_ckpt, tmp_path, capsys):
     """overwrite=true rewrites complete characters; a partial one (no _SUCCESS) is redone; OBJ
-    output and retargeting from a performance."""
+    output and retargeting from a performance; ray_stats prints Ray Data's operator statistics."""
     import shutil
 
     import pandas as pd
@@ -219,8 +219,11 @@ def test_overwrite_redoes_a_character(ray_local, library, tiny_ckpt, tmp_path):
     actor.mkdir()
     shutil.copy(os.path.join(root, good[5], "portrait.png"), actor / "take1.png")
     cfg = job_config(input_uri=str(lib), checkpoint=tiny_ckpt, output_uri=str(tmp_path / "out"), name="ow",
-                     write_obj=True, expressions=["joy", "worry"], performance_uri=str(actor))
+                     write_obj=True, expressions=["joy", "worry"], performance_uri=str(actor), ray_stats=True)
     assert run(cfg).completed == 2
+    printed = capsys.readouterr().out
+    stats = printed[printed.index("generate: Ray Data statistics of the run"):]
+    assert "preprocess_batch" in stats and "Reconstructor" in stats
     run_dir = tmp_path / "out" / "ow"
     assert {f for f in os.listdir(run_dir / "characters" / good[0]) if f.endswith(".obj")} == {
         "neutral_mesh.obj", "joy.obj", "worry.obj", "perf_take1.obj"}

@@ -1,0 +1,205 @@
+"""A two-input AU detector: the face, and the same face's neutral as a reference.
+
+Why. The batch job's check asks "how did this character's face change from its own neutral?"
+(:mod:`dcnn_flame.generation.au_check`). A single-image detector answers it as p(expressed) -
+p(neutral), and for the AUs that look like identity in one image (AU17's chin boss, AU23's
+thinner lips) it hardly responds: a ridge read-out of the single-image detector J's conv
+features finds AU17 with R^2 -0.02 from one image and 0.23 from the change against the face's
+own neutral (docs/generation.md). This detector gets the neutral render as a second input.
+
+Architecture. The single-image :class:`~dcnn_flame.supervision.au.AUDetector` ``base``'s own
+adapter and conv trunk run on both images (one batch: the same BatchNorm statistics), giving
+f(x) and f(r) [B, C, h, w]; a 1x1 convolution ``mix`` maps [f(x), f(x) - f(r)] (2C channels)
+to C channels, and the base's attention fusion and FC layers read that. ``mix`` starts as the
+identity on f(x) and zero on the difference, so before training the detector answers exactly
+what ``base`` answers, whatever the reference (tested).
+
+Training (:func:`reference_loss`, :func:`train_reference`) on within-face pairs
+(:mod:`dcnn_flame.supervision.pairs`):
+
+    L = BCE(D(expressed | neutral), y) + BCE(D(neutral | neutral), 0)
+
+(weighted soft BCE, y the view's 17 AU intensities). The check's response is
+D(expressed | neutral) - D(neutral | neutral) (:func:`reference_response`).
+
+It is a different instrument from the paper's single-image teacher (the reconstruction losses
+keep using that one): it answers a question about a change, given the neutral.
+
+Files: :func:`reference_to_bytes` / :func:`load_au_detector` (format ``dcnn_flame.au_reference/1``;
+:func:`load_au_detector` also reads a teachers file and returns its single-image detector).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import io
+import math
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dcnn_flame.constants import NUM_AUS
+from dcnn_flame.losses.au import au_bce_loss
+from dcnn_flame.supervision.au import AUDetector, AUDetectorConfig, AUDetectorOutput
+
+FORMAT = "dcnn_flame.au_reference/1"
+
+
+class ReferenceAUDetector(nn.Module):
+    """forward(x [B, 3, H, W], reference [B, 3, H, W]) in [0, 1] -> :class:`AUDetectorOutput`.
+
+    Args:
+        base: the single-image detector whose layers it reuses (shared, not copied).
+    """
+
+    def __init__(self, base: AUDetector):
+        super().__init__()
+        self.base = base
+        c = base.trunk.out_channels
+        self.mix = nn.Conv2d(2 * c, c, kernel_size=1)
+        with torch.no_grad():
+            self.mix.weight.zero_()
+            self.mix.weight[:, :c, 0, 0] = torch.eye(c)
+            self.mix.bias.zero_()
+
+    @property
+    def cfg(self) -> AUDetectorConfig:
+        return self.base.cfg
+
+    @property
+    def feature_dim(self) -> int:
+        return self.base.feature_dim
+
+    def forward(self, x: Tensor, reference: Tensor) -> AUDetectorOutput:
+        if x.shape != reference.shape:
+            raise ValueError(f"the image and its reference must have one shape, got {tuple(x.shape)} and "
+                             f"{tuple(reference.shape)}")
+        b = x.shape[0]
+        f = self.base.trunk(self.base.adapter(torch.cat([x, reference])))  # one batch: same BN statistics
+        fx, fr = f[:b], f[b:]
+        fused, attn, gate = self.base.fusion(self.mix(torch.cat([fx, fx - fr], dim=1)))
+        feats = F.relu(self.base.fc1(fused))
+        logits = self.base.fc2(self.base.dropout(feats))
+        return AUDetectorOutput(torch.sigmoid(logits), logits, feats, attn, gate)
+
+
+def reference_loss(net: ReferenceAUDetector, neutral: Tensor, expressed: Tensor, au: Tensor,
+                   pos_weight: Optional[Tensor] = None) -> tuple[Tensor, dict[str, float]]:
+    """BCE(D(expressed | neutral), y) + BCE(D(neutral | neutral), 0) on one batch of pairs.
+
+    Shapes: neutral, expressed [B, 3, S, S] in [0, 1]; au [B, 17]; pos_weight [17] or None.
+    Returns (scalar loss, {"expressed": ..., "neutral": ...} as floats).
+    """
+    if neutral.shape != expressed.shape or au.shape != (expressed.shape[0], NUM_AUS):
+        raise ValueError(f"pairs need neutral and expressed of one shape and au [B, {NUM_AUS}], got "
+                         f"{tuple(neutral.shape)}, {tuple(expressed.shape)}, {tuple(au.shape)}")
+    b = au.shape[0]
+    logits = net(torch.cat([expressed, neutral]), torch.cat([neutral, neutral])).logits
+    le = au_bce_loss(logits[:b], au, pos_weight=pos_weight)
+    ln = au_bce_loss(logits[b:], torch.zeros_like(au), pos_weight=pos_weight)
+    return le + ln, {"expressed": float(le.detach()), "neutral": float(ln.detach())}
+
+
+def reference_response(net: ReferenceAUDetector, images: Tensor, neutral: Tensor) -> Tensor:
+    """D(images | neutral) - D(neutral | neutral) in the net's current mode.
+
+    Shapes: images [K, 3, S, S]; neutral [3, S, S] (one face) or [K, 3, S, S] -> [K, 17]."""
+    if neutral.dim() == 3:
+        neutral = neutral[None].expand_as(images)
+    k = images.shape[0]
+    probs = net(torch.cat([images, neutral]), torch.cat([neutral, neutral])).probs
+    return probs[:k] - probs[k:]
+
+
+def train_reference(net: ReferenceAUDetector, train, val, *, epochs: int, lr: float, batch_size: int = 16,
+                    pos_weight: Optional[Tensor] = None, seed: int = 0, augment: Optional[dict] = None,
+                    log=print) -> tuple[int, list[dict]]:
+    """Adam on :func:`reference_loss`, cosine learning rate, best epoch by the val pairs'
+    ``contrast_mae`` of :func:`~dcnn_flame.supervision.pairs.contrast_metrics` (the response
+    D(e | n) - D(n | n) against g(y)); the last epoch when ``val`` is empty.
+
+    Args:
+        train, val: :class:`~dcnn_flame.supervision.pairs.PairSet`.
+        augment: ``augment_batch`` keyword arguments applied identically to both images of a pair.
+    Returns: (best epoch, per-epoch history); ``net`` ends with the best epoch's weights.
+    """
+    from dcnn_flame.supervision.pairs import _images, augment_pairs, contrast_metrics
+
+    device = next(net.parameters()).device
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    pw = None if pos_weight is None else pos_weight.to(device)
+    best, best_epoch, best_state, history = math.inf, 0, copy.deepcopy(net.state_dict()), []
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / epochs))
+        net.train()
+        sums, steps = {"loss": 0.0, "expressed": 0.0, "neutral": 0.0}, 0
+        order = rng.permutation(len(train))
+        for s in range(0, len(order), batch_size):
+            idx = np.sort(order[s:s + batch_size])
+            n, e = _images(train.neutral[idx], device), _images(train.expressed[idx], device)
+            if augment is not None:
+                n, e = augment_pairs(n, e, gen, augment)
+            loss, parts = reference_loss(net, n, e, torch.from_numpy(train.au[idx]).to(device), pw)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sums["loss"] += float(loss.detach())
+            for k in ("expressed", "neutral"):
+                sums[k] += parts[k]
+            steps += 1
+        tr = {k: v / max(steps, 1) for k, v in sums.items()}
+        val_m = contrast_metrics(net, val, pos_weight=pos_weight)
+        seconds = time.perf_counter() - t0
+        history.append({"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train": tr, "val": val_m,
+                        "seconds": seconds})
+        if val_m["contrast_mae"] < best or (len(val) == 0 and epoch == epochs):
+            best, best_epoch, best_state = val_m["contrast_mae"], epoch, copy.deepcopy(net.state_dict())
+        log(f"[reference] epoch {epoch}/{epochs}  train loss {tr['loss']:.4f} (expressed {tr['expressed']:.4f}, "
+            f"neutral {tr['neutral']:.4f}) | val contrast mae {val_m['contrast_mae']:.4f}, AU17 / AU23 at 0.5 "
+            f"{val_m['response_per_au_at_half']['au17']:+.2f} / {val_m['response_per_au_at_half']['au23']:+.2f}, "
+            f"false {np.mean(list(val_m['false_response'].values())):+.3f} | "
+            f"{4 * len(train) / max(seconds, 1e-9):.0f} img/s, {seconds:.1f} s")
+    net.load_state_dict(best_state)
+    return best_epoch, history
+
+
+def reference_to_bytes(net: ReferenceAUDetector, meta: Optional[dict] = None) -> bytes:
+    """The detector (its base's config and every weight) and free-form ``meta`` as bytes."""
+    payload = {"format": FORMAT, "au_config": dataclasses.asdict(net.cfg),
+               "state": {k: v.detach().cpu() for k, v in net.state_dict().items()}, "meta": meta or {}}
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return buf.getvalue()
+
+
+def load_au_detector(uri: str, options=None) -> tuple[nn.Module, dict]:
+    """An AU detector file -> (detector, meta): a two-input detector file gives a
+    :class:`ReferenceAUDetector`, a teachers file (``jobs/train_supervision.py``) its
+    single-image :class:`AUDetector`."""
+    from dcnn_flame.io.storage import read_bytes
+    from dcnn_flame.supervision.bundle import FORMAT as TEACHERS_FORMAT
+    from dcnn_flame.supervision.bundle import teachers_from_bytes
+
+    data = read_bytes(uri, options)
+    payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    kind = payload.get("format") if isinstance(payload, dict) else None
+    if kind == TEACHERS_FORMAT:
+        au, _, meta = teachers_from_bytes(data, where=uri)
+        return au, meta
+    if kind != FORMAT:
+        raise ValueError(f"{uri} is neither a teachers file nor a two-input AU detector file (format {kind!r}); "
+                         f"make one with `python jobs/train_supervision.py` or "
+                         f"`python -m dcnn_flame.supervision.pairs --reference`")
+    cfg = AUDetectorConfig(**{k: (tuple(v) if k in ("channels", "strides") else v)
+                              for k, v in payload["au_config"].items()})
+    net = ReferenceAUDetector(AUDetector(cfg))
+    net.load_state_dict(payload["state"])
+    return net, dict(payload.get("meta", {}))
