@@ -16,7 +16,8 @@ paper's Figure 8 set, the default here). Prints one line per measurement:
   expression, write the GLB, the preview and the Parquet rows. Characters/s and images/s, with
   the split of its time (reconstruct / retarget+write) from the actor's own status rows.
   ``--write-threads 1,4`` measures it once per value, side by side (threads per actor that
-  retarget and write the characters of a batch in parallel).
+  write the characters of a batch in parallel). ``--profile 40`` prints the actor stage's 40
+  costliest functions (cProfile; how the H200 actor's write path was found, docs/generation.md).
 - job:    the whole Ray Data job (:func:`dcnn_flame.generation.pipeline.run`: read, detect,
   align, actor pool, writes) over a manifest of ``--characters`` characters: characters/s and
   images/s of its Ray stage (the summary's own numbers), the wall time with set-up, the steady
@@ -236,6 +237,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--obj", action="store_true", help="also write OBJ files")
     ap.add_argument("--detector", default="center", help="face boxes: center (the portraits are centred), "
                     "s3fd, opencv or auto")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="cProfile the actor stage and print its N costliest functions (cumulative and own time)")
     ap.add_argument("--ray-stats", action="store_true", help="print Ray Data's per-operator statistics after "
                     "each whole-job run")
     ap.add_argument("--stages", default="decode,model,actor,job", help="which measurements to run")
@@ -290,7 +293,23 @@ def main(argv: Optional[list[str]] = None) -> None:
         cfg = dataclasses.replace(cfg, write_threads=wt, name=f"bm-{int(time.time())}-w{wt}")
         if "actor" in stages:
             n = args.actor_characters or min(args.characters, 512)
+            prof = None
+            if args.profile > 0:
+                import cProfile
+
+                prof = cProfile.Profile()
+                prof.enable()
             r = bench_actor(cfg, checkpoint, ids, manifest, n, args.batch_size, workdir)
+            if prof is not None:
+                import io
+                import pstats
+
+                prof.disable()
+                buf = io.StringIO()
+                stats = pstats.Stats(prof, stream=buf)
+                stats.sort_stats("cumulative").print_stats(args.profile)
+                stats.sort_stats("tottime").print_stats(args.profile)
+                print(buf.getvalue(), flush=True)
             if wt == 1:
                 rest = 1000.0 * r["wall_s"] / r["characters"] - r["reconstruct_ms"] - r["write_ms"]
                 split = (f"per character: decode crops + reconstruct {r['reconstruct_ms']:.1f} ms, write "
