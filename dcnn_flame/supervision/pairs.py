@@ -269,25 +269,40 @@ def contrast_metrics(au_net, pairs: PairSet, batch_size: int = 64, pos_weight: O
 def fine_tune(au_net, train: PairSet, val: PairSet, *, epochs: int, lr: float, batch_size: int = 16,
               contrast_weight: float = 4.0, pos_weight: Optional[Tensor] = None, seed: int = 0,
               augment: Optional[dict] = None, log=print) -> tuple[int, list[dict]]:
-    """Adam on :func:`pair_loss` with a cosine learning rate, best epoch by val ``contrast_mae``
-    (the last epoch when ``val`` is empty).
+    """:func:`train_on_pairs` with :func:`pair_loss` (the single-image detector's pair training)."""
+    def loss_fn(net, n, e, au, pw):
+        return pair_loss(net, n, e, au, pw, contrast_weight)
 
-    ``augment``: keyword arguments of :func:`~dcnn_flame.supervision.augment.augment_batch`
-    applied identically to both images of a pair (same flip, crop and colour), or None.
-    Returns (best epoch, per-epoch history); ``au_net`` ends with the best epoch's weights.
+    return train_on_pairs(au_net, train, val, loss_fn, epochs=epochs, lr=lr, batch_size=batch_size,
+                          pos_weight=pos_weight, seed=seed, augment=augment, log=log, tag="pairs", images_per_pair=2)
+
+
+def train_on_pairs(net, train: PairSet, val: PairSet, loss_fn, *, epochs: int, lr: float, batch_size: int = 16,
+                   pos_weight: Optional[Tensor] = None, seed: int = 0, augment: Optional[dict] = None, log=print,
+                   tag: str = "pairs", images_per_pair: int = 2) -> tuple[int, list[dict]]:
+    """Adam on ``loss_fn`` with a cosine learning rate, best epoch by val ``contrast_mae``
+    (:func:`contrast_metrics`; the last epoch when ``val`` is empty).
+
+    Args:
+        loss_fn: ``(net, neutral, expressed, au, pos_weight) -> (loss, {part: float})`` on one
+            batch ([B, 3, S, S] images in [0, 1], au [B, 17]).
+        augment: keyword arguments of :func:`~dcnn_flame.supervision.augment.augment_batch`
+            applied identically to both images of a pair (same flip, crop and colour), or None.
+        tag, images_per_pair: the log line's prefix and the images one pair costs (for img/s).
+    Returns (best epoch, per-epoch history); ``net`` ends with the best epoch's weights.
     """
-    device = next(au_net.parameters()).device
-    opt = torch.optim.Adam(au_net.parameters(), lr=lr)
+    device = next(net.parameters()).device
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     pw = None if pos_weight is None else pos_weight.to(device)
-    best, best_epoch, best_state, history = math.inf, 0, copy.deepcopy(au_net.state_dict()), []
+    best, best_epoch, best_state, history = math.inf, 0, copy.deepcopy(net.state_dict()), []
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / epochs))
-        au_net.train()
-        sums = {"loss": 0.0, "bce": 0.0, "contrast": 0.0}
+        net.train()
+        sums: dict[str, float] = {"loss": 0.0}
         order = rng.permutation(len(train))
         steps = 0
         for s in range(0, len(order), batch_size):
@@ -295,27 +310,28 @@ def fine_tune(au_net, train: PairSet, val: PairSet, *, epochs: int, lr: float, b
             n, e = _images(train.neutral[idx], device), _images(train.expressed[idx], device)
             if augment is not None:
                 n, e = augment_pairs(n, e, gen, augment)
-            loss, parts = pair_loss(au_net, n, e, torch.from_numpy(train.au[idx]).to(device), pw, contrast_weight)
+            loss, parts = loss_fn(net, n, e, torch.from_numpy(train.au[idx]).to(device), pw)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sums["loss"] += float(loss.detach())
-            sums["bce"] += parts["bce"]
-            sums["contrast"] += parts["contrast"]
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
             steps += 1
         tr = {k: v / max(steps, 1) for k, v in sums.items()}
-        val_m = contrast_metrics(au_net, val, pos_weight=pos_weight)
+        val_m = contrast_metrics(net, val, pos_weight=pos_weight)
         seconds = time.perf_counter() - t0
         history.append({"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train": tr, "val": val_m,
                         "seconds": seconds})
         if val_m["contrast_mae"] < best or (len(val) == 0 and epoch == epochs):  # no val pairs: the last epoch
-            best, best_epoch, best_state = val_m["contrast_mae"], epoch, copy.deepcopy(au_net.state_dict())
-        log(f"[pairs] epoch {epoch}/{epochs}  train loss {tr['loss']:.4f} (bce {tr['bce']:.4f}, contrast "
-            f"{tr['contrast']:.4f}) | val contrast mae {val_m['contrast_mae']:.4f}, AU17 / AU23 at 0.5 "
-            f"{val_m['response_per_au_at_half']['au17']:+.2f} / {val_m['response_per_au_at_half']['au23']:+.2f}, "
+            best, best_epoch, best_state = val_m["contrast_mae"], epoch, copy.deepcopy(net.state_dict())
+        parts_text = ", ".join(f"{k} {v:.4f}" for k, v in tr.items() if k != "loss")
+        log(f"[{tag}] epoch {epoch}/{epochs}  train loss {tr['loss']:.4f} ({parts_text}) | val contrast mae "
+            f"{val_m['contrast_mae']:.4f}, AU17 / AU23 at 0.5 {val_m['response_per_au_at_half']['au17']:+.2f} / "
+            f"{val_m['response_per_au_at_half']['au23']:+.2f}, "
             f"false {np.mean(list(val_m['false_response'].values())):+.3f} | "
-            f"{2 * len(train) / max(seconds, 1e-9):.0f} img/s, {seconds:.1f} s")
-    au_net.load_state_dict(best_state)
+            f"{images_per_pair * len(train) / max(seconds, 1e-9):.0f} img/s, {seconds:.1f} s")
+    net.load_state_dict(best_state)
     return best_epoch, history
 
 

@@ -30,14 +30,10 @@ Files: :func:`reference_to_bytes` / :func:`load_au_detector` (format ``dcnn_flam
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import io
-import math
-import time
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -118,8 +114,8 @@ def reference_response(net: ReferenceAUDetector, images: Tensor, neutral: Tensor
 def train_reference(net: ReferenceAUDetector, train, val, *, epochs: int, lr: float, batch_size: int = 16,
                     pos_weight: Optional[Tensor] = None, seed: int = 0, augment: Optional[dict] = None,
                     log=print) -> tuple[int, list[dict]]:
-    """Adam on :func:`reference_loss`, cosine learning rate, best epoch by the val pairs'
-    ``contrast_mae`` of :func:`~dcnn_flame.supervision.pairs.contrast_metrics` (the response
+    """:func:`~dcnn_flame.supervision.pairs.train_on_pairs` with :func:`reference_loss`: Adam,
+    cosine learning rate, best epoch by the val pairs' ``contrast_mae`` (the response
     D(e | n) - D(n | n) against g(y)); the last epoch when ``val`` is empty.
 
     Args:
@@ -127,48 +123,12 @@ def train_reference(net: ReferenceAUDetector, train, val, *, epochs: int, lr: fl
         augment: ``augment_batch`` keyword arguments applied identically to both images of a pair.
     Returns: (best epoch, per-epoch history); ``net`` ends with the best epoch's weights.
     """
-    from dcnn_flame.supervision.pairs import _images, augment_pairs, contrast_metrics
+    from dcnn_flame.supervision.pairs import train_on_pairs
 
-    device = next(net.parameters()).device
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
-    pw = None if pos_weight is None else pos_weight.to(device)
-    best, best_epoch, best_state, history = math.inf, 0, copy.deepcopy(net.state_dict()), []
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        for group in opt.param_groups:
-            group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / epochs))
-        net.train()
-        sums, steps = {"loss": 0.0, "expressed": 0.0, "neutral": 0.0}, 0
-        order = rng.permutation(len(train))
-        for s in range(0, len(order), batch_size):
-            idx = np.sort(order[s:s + batch_size])
-            n, e = _images(train.neutral[idx], device), _images(train.expressed[idx], device)
-            if augment is not None:
-                n, e = augment_pairs(n, e, gen, augment)
-            loss, parts = reference_loss(net, n, e, torch.from_numpy(train.au[idx]).to(device), pw)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sums["loss"] += float(loss.detach())
-            for k in ("expressed", "neutral"):
-                sums[k] += parts[k]
-            steps += 1
-        tr = {k: v / max(steps, 1) for k, v in sums.items()}
-        val_m = contrast_metrics(net, val, pos_weight=pos_weight)
-        seconds = time.perf_counter() - t0
-        history.append({"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train": tr, "val": val_m,
-                        "seconds": seconds})
-        if val_m["contrast_mae"] < best or (len(val) == 0 and epoch == epochs):
-            best, best_epoch, best_state = val_m["contrast_mae"], epoch, copy.deepcopy(net.state_dict())
-        log(f"[reference] epoch {epoch}/{epochs}  train loss {tr['loss']:.4f} (expressed {tr['expressed']:.4f}, "
-            f"neutral {tr['neutral']:.4f}) | val contrast mae {val_m['contrast_mae']:.4f}, AU17 / AU23 at 0.5 "
-            f"{val_m['response_per_au_at_half']['au17']:+.2f} / {val_m['response_per_au_at_half']['au23']:+.2f}, "
-            f"false {np.mean(list(val_m['false_response'].values())):+.3f} | "
-            f"{4 * len(train) / max(seconds, 1e-9):.0f} img/s, {seconds:.1f} s")
-    net.load_state_dict(best_state)
-    return best_epoch, history
+    # 4 images per pair: the trunk sees expressed + neutral for D(e | n) and both again for D(n | n)
+    return train_on_pairs(net, train, val, reference_loss, epochs=epochs, lr=lr, batch_size=batch_size,
+                          pos_weight=pos_weight, seed=seed, augment=augment, log=log, tag="reference",
+                          images_per_pair=4)
 
 
 def reference_to_bytes(net: ReferenceAUDetector, meta: Optional[dict] = None) -> bytes:
