@@ -38,6 +38,12 @@ metrics JSON next to it; check it with ``python -m dcnn_flame.generation.au_chec
 ``--reference`` trains a two-input detector on the same pairs instead
 (:mod:`dcnn_flame.supervision.reference`: the face and its neutral; loss BCE(D(e | n), y) +
 BCE(D(n | n), 0)) and writes that detector's file, which ``au_check --teachers`` also reads.
+Its ``--init`` may also be ``none`` (an untrained detector) or a two-input detector file
+(training goes on), and ``--input-size`` carries the weights to another input size
+(progressive resizing: 112 px from scratch, then 224); ``--device cuda`` trains on a GPU (the
+pairs are always rendered by ``--processes`` CPU processes). The output and its metrics JSON
+are rewritten after every epoch that is the best so far (``epochs_done`` in the JSON), so a
+run cut short keeps its best epoch.
 ``--probe`` trains nothing and writes (to ``--output``, JSON) how much of each AU a linear
 read-out of the ``--init`` detector's conv features finds in one image and in the change
 from the same face's neutral (:func:`feature_probe`).
@@ -51,7 +57,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -61,6 +67,7 @@ from torch import Tensor
 from dcnn_flame.constants import AU_COLUMNS, NUM_AUS
 from dcnn_flame.losses.au import au_bce_loss, au_pos_weight
 from dcnn_flame.supervision.augment import augment_batch
+from dcnn_flame.supervision.train import resolve_device
 
 
 @dataclass
@@ -268,18 +275,20 @@ def contrast_metrics(au_net, pairs: PairSet, batch_size: int = 64, pos_weight: O
 
 def fine_tune(au_net, train: PairSet, val: PairSet, *, epochs: int, lr: float, batch_size: int = 16,
               contrast_weight: float = 4.0, pos_weight: Optional[Tensor] = None, seed: int = 0,
-              augment: Optional[dict] = None, log=print) -> tuple[int, list[dict]]:
+              augment: Optional[dict] = None, log=print, on_best=None) -> tuple[int, list[dict]]:
     """:func:`train_on_pairs` with :func:`pair_loss` (the single-image detector's pair training)."""
     def loss_fn(net, n, e, au, pw):
         return pair_loss(net, n, e, au, pw, contrast_weight)
 
     return train_on_pairs(au_net, train, val, loss_fn, epochs=epochs, lr=lr, batch_size=batch_size,
-                          pos_weight=pos_weight, seed=seed, augment=augment, log=log, tag="pairs", images_per_pair=2)
+                          pos_weight=pos_weight, seed=seed, augment=augment, log=log, tag="pairs", images_per_pair=2,
+                          on_best=on_best)
 
 
 def train_on_pairs(net, train: PairSet, val: PairSet, loss_fn, *, epochs: int, lr: float, batch_size: int = 16,
                    pos_weight: Optional[Tensor] = None, seed: int = 0, augment: Optional[dict] = None, log=print,
-                   tag: str = "pairs", images_per_pair: int = 2) -> tuple[int, list[dict]]:
+                   tag: str = "pairs", images_per_pair: int = 2,
+                   on_best: Optional[Callable[[int, list[dict]], None]] = None) -> tuple[int, list[dict]]:
     """Adam on ``loss_fn`` with a cosine learning rate, best epoch by val ``contrast_mae``
     (:func:`contrast_metrics`; the last epoch when ``val`` is empty).
 
@@ -289,6 +298,8 @@ def train_on_pairs(net, train: PairSet, val: PairSet, loss_fn, *, epochs: int, l
         augment: keyword arguments of :func:`~dcnn_flame.supervision.augment.augment_batch`
             applied identically to both images of a pair (same flip, crop and colour), or None.
         tag, images_per_pair: the log line's prefix and the images one pair costs (for img/s).
+        on_best: called as ``on_best(epoch, history)`` after each epoch that is the best so far,
+            while ``net`` holds that epoch's weights (e.g. to save them: a run cut short keeps its best).
     Returns (best epoch, per-epoch history); ``net`` ends with the best epoch's weights.
     """
     device = next(net.parameters()).device
@@ -325,6 +336,8 @@ def train_on_pairs(net, train: PairSet, val: PairSet, loss_fn, *, epochs: int, l
                         "seconds": seconds})
         if val_m["contrast_mae"] < best or (len(val) == 0 and epoch == epochs):  # no val pairs: the last epoch
             best, best_epoch, best_state = val_m["contrast_mae"], epoch, copy.deepcopy(net.state_dict())
+            if on_best is not None:
+                on_best(epoch, history)
         parts_text = ", ".join(f"{k} {v:.4f}" for k, v in tr.items() if k != "loss")
         log(f"[{tag}] epoch {epoch}/{epochs}  train loss {tr['loss']:.4f} ({parts_text}) | val contrast mae "
             f"{val_m['contrast_mae']:.4f}, AU17 / AU23 at 0.5 {val_m['response_per_au_at_half']['au17']:+.2f} / "
@@ -408,7 +421,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from dcnn_flame.supervision.train import metrics_uri_of
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--init", required=True, help="teachers file to start from (path or URI)")
+    p.add_argument("--init", required=True,
+                   help="teachers file to start from (path or URI); with --reference also a two-input detector "
+                        "file (training continues) or 'none' (an untrained detector of --input-size)")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="train at this input size (pixels; the pairs are rendered at it): --init's weights are "
+                        "carried over to it (e.g. 112 -> 224); default: --init's size, 224 for --init none")
+    p.add_argument("--device", default="auto", help="where to train: auto (cuda when available), cpu, cuda, cuda:1 ...")
     p.add_argument("--output", required=True, help="teachers file to write (path or URI); with --probe the probe JSON")
     p.add_argument("--identities", type=int, default=2000, help="synthetic identities (4 pairs each)")
     p.add_argument("--seed", type=int, default=11, help="world seed of the pairs (keep it off the check's 7)")
@@ -434,7 +453,42 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if a.identities < 2 or a.epochs < 1 or a.batch_size < 1:
         p.error(f"--identities must be >= 2, --epochs and --batch-size >= 1; got {a.identities}, {a.epochs}, "
                 f"{a.batch_size}")
-    au_net, expr_net, meta = load_teachers(a.init)
+    try:
+        device = resolve_device(a.device)
+    except RuntimeError as e:
+        p.error(f"--device {a.device!r}: {e}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {a.device!r} but torch sees no CUDA device here; use --device cpu")
+    torch.manual_seed(a.seed)  # the weights --init none draws, and dropout
+    if a.probe and a.reference:
+        p.error("--probe reads a single-image detector's features: drop --reference")
+    if a.input_size is not None and a.input_size < 16:
+        p.error(f"--input-size must be >= 16 pixels, got {a.input_size}")
+    if a.init.lower() == "none":
+        if not a.reference:
+            p.error("--init none trains a two-input detector from scratch: add --reference (the single-image "
+                    "pair fine-tuning and --probe need a trained detector to start from)")
+        from dcnn_flame.supervision.au import AUDetector, AUDetectorConfig
+
+        au_net, expr_net, meta = AUDetector(AUDetectorConfig(input_size=a.input_size or 224)), None, {}
+    elif a.reference:  # a teachers file (its single-image detector) or a two-input detector file
+        from dcnn_flame.supervision.reference import load_au_detector
+
+        try:
+            au_net, meta = load_au_detector(a.init)
+        except ValueError as e:
+            p.error(f"--init: {e}")
+        expr_net = None
+    else:
+        au_net, expr_net, meta = load_teachers(a.init)
+    if a.input_size is not None and a.input_size != au_net.cfg.input_size:
+        from dcnn_flame.supervision.reference import at_input_size
+
+        print(f"[pairs] --init's detector was trained at {au_net.cfg.input_size} px; continuing at "
+              f"{a.input_size} px", flush=True)
+        au_net = at_input_size(au_net, a.input_size)
+    if "pairs" in meta:  # keep the record of the runs before this one
+        meta = {**meta, "earlier_pairs_runs": [*meta.get("earlier_pairs_runs", []), meta["pairs"]]}
     size = int(au_net.cfg.input_size)
     # the synthetic_au world (configs/source/synthetic_au.yaml) at the detector's input size
     cfg = SyntheticConfig(image_size=size, au_noise=0.2, free_au_fraction=0.9, max_yaw_deg=a.max_yaw,
@@ -458,6 +512,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             pairs.save(a.cache, cache_meta)
     if a.threads:
         torch.set_num_threads(a.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes
+    au_net.to(device)
     train, val = split_pairs(pairs, a.val_fraction, a.seed)
     if a.probe:
         report = feature_probe(au_net, train, val)
@@ -472,37 +529,51 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if a.reference:
         from dcnn_flame.supervision.reference import ReferenceAUDetector
 
-        au_net = ReferenceAUDetector(au_net)  # starts as exactly --init's detector
+        if not isinstance(au_net, ReferenceAUDetector):
+            au_net = ReferenceAUDetector(au_net)  # starts as exactly --init's detector
+        au_net.to(device)
     before = contrast_metrics(au_net, val, pos_weight=pos_weight)
     print(f"[pairs] {len(train)} train / {len(val)} val pairs; before: val contrast mae {before['contrast_mae']:.4f}, "
           f"AU17 / AU23 at 0.5 {before['response_per_au_at_half']['au17']:+.2f} / "
           f"{before['response_per_au_at_half']['au23']:+.2f}, false "
           f"{np.mean(list(before['false_response'].values())):+.3f}", flush=True)
     augment = dict(flip_prob=0.5, crop_scale_min=0.9, color_jitter=0.1)
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(a).items()}
+
+    def write(best_epoch: int, history: list[dict], after: Optional[dict]) -> None:
+        """The output file (weights now in ``au_net``) and its metrics JSON, atomically."""
+        report = {"init": a.init, "pairs": len(pairs), "train_pairs": len(train), "val_pairs": len(val),
+                  "best_epoch": best_epoch, "epochs_done": len(history), "val_before": before,
+                  "val_after": after if after is not None else history[best_epoch - 1]["val"],
+                  "history": history, "config": config, "seconds": time.perf_counter() - t0}
+        new_meta = json.loads(json.dumps({**meta, "pairs": {k: v for k, v in report.items() if k != "history"}},
+                                         default=str))
+        if a.reference:
+            from dcnn_flame.supervision.reference import reference_to_bytes
+
+            atomic_write_bytes(a.output, reference_to_bytes(au_net, meta=new_meta))
+        else:
+            atomic_write_bytes(a.output, teachers_to_bytes(copy.deepcopy(au_net).cpu(), expr_net, meta=new_meta))
+        atomic_write_bytes(metrics_uri_of(a.output), json.dumps(report, indent=1, default=str).encode())
+
+    # the best epoch so far is on disk after every improvement (its metrics JSON says "epochs_done"):
+    # a run cut short (a lease's time limit, a kill) keeps it
+    def on_best(epoch: int, history: list[dict]) -> None:
+        write(epoch, history, None)
+
     if a.reference:
         from dcnn_flame.supervision.reference import train_reference
 
         best_epoch, history = train_reference(au_net, train, val, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
-                                              pos_weight=pos_weight, seed=a.seed, augment=augment)
+                                              pos_weight=pos_weight, seed=a.seed, augment=augment, on_best=on_best)
     else:
         best_epoch, history = fine_tune(au_net, train, val, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
                                         contrast_weight=a.contrast_weight, pos_weight=pos_weight, seed=a.seed,
-                                        augment=augment)
+                                        augment=augment, on_best=on_best)
     after = contrast_metrics(au_net, val, pos_weight=pos_weight)
     au_net.eval()
-    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(a).items()}
-    report = {"init": a.init, "pairs": len(pairs), "train_pairs": len(train), "val_pairs": len(val),
-              "best_epoch": best_epoch, "val_before": before, "val_after": after, "history": history,
-              "config": config, "seconds": time.perf_counter() - t0}
-    new_meta = json.loads(json.dumps({**meta, "pairs": {k: v for k, v in report.items() if k != "history"}},
-                                     default=str))
-    if a.reference:
-        from dcnn_flame.supervision.reference import reference_to_bytes
-
-        atomic_write_bytes(a.output, reference_to_bytes(au_net, meta=new_meta))
-    else:
-        atomic_write_bytes(a.output, teachers_to_bytes(au_net, expr_net, meta=new_meta))
-    atomic_write_bytes(metrics_uri_of(a.output), json.dumps(report, indent=1, default=str).encode())
+    write(best_epoch, history, after)
+    au_net.cpu()
     print(f"[pairs] best epoch {best_epoch}: val contrast mae {before['contrast_mae']:.4f} -> "
           f"{after['contrast_mae']:.4f} -> {a.output}", flush=True)
     return 0

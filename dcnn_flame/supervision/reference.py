@@ -70,17 +70,39 @@ class ReferenceAUDetector(nn.Module):
     def feature_dim(self) -> int:
         return self.base.feature_dim
 
+    def features(self, images: Tensor) -> Tensor:
+        """[B, 3, H, W] in [0, 1] -> [B, C, h, w]: the base's adapter and conv trunk."""
+        return self.base.trunk(self.base.adapter(images))
+
+    def head(self, fx: Tensor, fr: Tensor) -> AUDetectorOutput:
+        """Trunk features of the images fx and of their references fr ([B, C, h, w] each) -> outputs."""
+        fused, attn, gate = self.base.fusion(self.mix(torch.cat([fx, fx - fr], dim=1)))
+        feats = F.relu(self.base.fc1(fused))
+        logits = self.base.fc2(self.base.dropout(feats))
+        return AUDetectorOutput(torch.sigmoid(logits), logits, feats, attn, gate)
+
     def forward(self, x: Tensor, reference: Tensor) -> AUDetectorOutput:
         if x.shape != reference.shape:
             raise ValueError(f"the image and its reference must have one shape, got {tuple(x.shape)} and "
                              f"{tuple(reference.shape)}")
         b = x.shape[0]
-        f = self.base.trunk(self.base.adapter(torch.cat([x, reference])))  # one batch: same BN statistics
-        fx, fr = f[:b], f[b:]
-        fused, attn, gate = self.base.fusion(self.mix(torch.cat([fx, fx - fr], dim=1)))
-        feats = F.relu(self.base.fc1(fused))
-        logits = self.base.fc2(self.base.dropout(feats))
-        return AUDetectorOutput(torch.sigmoid(logits), logits, feats, attn, gate)
+        f = self.features(torch.cat([x, reference]))  # one batch: same BN statistics
+        return self.head(f[:b], f[b:])
+
+    def forward_pair(self, expressed: Tensor, neutral: Tensor) -> tuple[AUDetectorOutput, AUDetectorOutput]:
+        """(D(expressed | neutral), D(neutral | neutral)) with one trunk pass over the 2B images
+        (``forward`` twice would pass the neutral images through the trunk three times).
+
+        Shapes: expressed, neutral [B, 3, H, W] -> two outputs of B rows. In eval mode it equals
+        ``(self(expressed, neutral), self(neutral, neutral))``; in train mode BatchNorm's batch
+        statistics come from the 2B distinct images."""
+        if expressed.shape != neutral.shape:
+            raise ValueError(f"the image and its reference must have one shape, got {tuple(expressed.shape)} and "
+                             f"{tuple(neutral.shape)}")
+        b = expressed.shape[0]
+        f = self.features(torch.cat([expressed, neutral]))
+        fe, fn = f[:b], f[b:]
+        return self.head(fe, fn), self.head(fn, fn)
 
 
 def reference_loss(net: ReferenceAUDetector, neutral: Tensor, expressed: Tensor, au: Tensor,
@@ -93,10 +115,9 @@ def reference_loss(net: ReferenceAUDetector, neutral: Tensor, expressed: Tensor,
     if neutral.shape != expressed.shape or au.shape != (expressed.shape[0], NUM_AUS):
         raise ValueError(f"pairs need neutral and expressed of one shape and au [B, {NUM_AUS}], got "
                          f"{tuple(neutral.shape)}, {tuple(expressed.shape)}, {tuple(au.shape)}")
-    b = au.shape[0]
-    logits = net(torch.cat([expressed, neutral]), torch.cat([neutral, neutral])).logits
-    le = au_bce_loss(logits[:b], au, pos_weight=pos_weight)
-    ln = au_bce_loss(logits[b:], torch.zeros_like(au), pos_weight=pos_weight)
+    out_e, out_n = net.forward_pair(expressed, neutral)
+    le = au_bce_loss(out_e.logits, au, pos_weight=pos_weight)
+    ln = au_bce_loss(out_n.logits, torch.zeros_like(au), pos_weight=pos_weight)
     return le + ln, {"expressed": float(le.detach()), "neutral": float(ln.detach())}
 
 
@@ -104,16 +125,20 @@ def reference_response(net: ReferenceAUDetector, images: Tensor, neutral: Tensor
     """D(images | neutral) - D(neutral | neutral) in the net's current mode.
 
     Shapes: images [K, 3, S, S]; neutral [3, S, S] (one face) or [K, 3, S, S] -> [K, 17]."""
-    if neutral.dim() == 3:
-        neutral = neutral[None].expand_as(images)
-    k = images.shape[0]
-    probs = net(torch.cat([images, neutral]), torch.cat([neutral, neutral])).probs
-    return probs[:k] - probs[k:]
+    if neutral.dim() == 3:  # one face: its trunk features once, broadcast over the K images
+        if neutral.shape != images.shape[1:]:
+            raise ValueError(f"the images and their reference must have one size, got {tuple(images.shape)} and "
+                             f"{tuple(neutral.shape)}")
+        f = net.features(torch.cat([images, neutral[None]]))
+        fx, fn = f[:-1], f[-1:]
+        return net.head(fx, fn.expand_as(fx)).probs - net.head(fn, fn).probs
+    out_e, out_n = net.forward_pair(images, neutral)
+    return out_e.probs - out_n.probs
 
 
 def train_reference(net: ReferenceAUDetector, train, val, *, epochs: int, lr: float, batch_size: int = 16,
                     pos_weight: Optional[Tensor] = None, seed: int = 0, augment: Optional[dict] = None,
-                    log=print) -> tuple[int, list[dict]]:
+                    log=print, on_best=None) -> tuple[int, list[dict]]:
     """:func:`~dcnn_flame.supervision.pairs.train_on_pairs` with :func:`reference_loss`: Adam,
     cosine learning rate, best epoch by the val pairs' ``contrast_mae`` (the response
     D(e | n) - D(n | n) against g(y)); the last epoch when ``val`` is empty.
@@ -121,14 +146,30 @@ def train_reference(net: ReferenceAUDetector, train, val, *, epochs: int, lr: fl
     Args:
         train, val: :class:`~dcnn_flame.supervision.pairs.PairSet`.
         augment: ``augment_batch`` keyword arguments applied identically to both images of a pair.
+        on_best: as in :func:`~dcnn_flame.supervision.pairs.train_on_pairs`.
     Returns: (best epoch, per-epoch history); ``net`` ends with the best epoch's weights.
     """
     from dcnn_flame.supervision.pairs import train_on_pairs
 
-    # 4 images per pair: the trunk sees expressed + neutral for D(e | n) and both again for D(n | n)
+    # 2 images per pair through the trunk (forward_pair), 2 head passes
     return train_on_pairs(net, train, val, reference_loss, epochs=epochs, lr=lr, batch_size=batch_size,
                           pos_weight=pos_weight, seed=seed, augment=augment, log=log, tag="reference",
-                          images_per_pair=4)
+                          images_per_pair=2, on_best=on_best)
+
+
+def at_input_size(net: nn.Module, size: int) -> nn.Module:
+    """The same AU detector (single-image or two-input) with every weight, for inputs of ``size``
+    pixels (progressive resizing: train at 112 px, then fine-tune at 224). The networks are
+    convolutional up to a spatial pooling whose region priors are built per feature-map size, so
+    the weights fit any size. Returns ``net`` itself when its size is already ``size``."""
+    if int(net.cfg.input_size) == int(size):
+        return net
+    if int(size) < 16:
+        raise ValueError(f"input size must be >= 16 pixels, got {size}")
+    base = AUDetector(dataclasses.replace(net.cfg, input_size=int(size)))
+    out = ReferenceAUDetector(base) if isinstance(net, ReferenceAUDetector) else base
+    out.load_state_dict(net.state_dict())
+    return out.to(next(net.parameters()).device)
 
 
 def reference_to_bytes(net: ReferenceAUDetector, meta: Optional[dict] = None) -> bytes:

@@ -59,6 +59,15 @@ def test_loss_and_response_match_naive_computations():
         resp = reference_response(net, e, n[0])
         naive = torch.stack([net(e[k:k + 1], n[:1]).probs[0] - net(n[:1], n[:1]).probs[0] for k in range(4)])
         torch.testing.assert_close(resp, naive, rtol=0, atol=1e-5)
+        # one neutral per image: the same as the per-image loop
+        resp_k = reference_response(net, e, n)
+        naive_k = torch.stack([net(e[k:k + 1], n[k:k + 1]).probs[0] - net(n[k:k + 1], n[k:k + 1]).probs[0]
+                               for k in range(4)])
+        torch.testing.assert_close(resp_k, naive_k, rtol=0, atol=1e-5)
+        # the shared trunk pass equals two forward calls (eval mode: BN running statistics)
+        out_e, out_n = net.forward_pair(e, n)
+        torch.testing.assert_close(out_e.logits, net(e, n).logits, rtol=0, atol=1e-5)
+        torch.testing.assert_close(out_n.logits, net(n, n).logits, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="au \\[B, 17\\]"):
         reference_loss(net, n, e, y[:, :5])
 
@@ -106,6 +115,24 @@ def test_it_learns_an_au_that_one_image_confounds_with_the_face():
         min(h["val"]["contrast_mae"] for h in history), abs=1e-6)  # the best epoch's weights are kept
     err_single, err_ref = _answer_error(single, val), _answer_error(net, val)
     assert err_ref < 0.6 * err_single, (err_ref, err_single)
+
+
+def test_at_input_size_keeps_every_weight():
+    from dcnn_flame.supervision.reference import at_input_size
+
+    for net in (_base(4), ReferenceAUDetector(_base(5))):
+        net.eval()
+        assert at_input_size(net, SIZE) is net
+        big = at_input_size(net, 2 * SIZE).eval()
+        assert type(big) is type(net) and big.cfg.input_size == 2 * SIZE and net.cfg.input_size == SIZE
+        for k, v in net.state_dict().items():
+            torch.testing.assert_close(big.state_dict()[k], v, rtol=0, atol=0)
+        x = torch.rand(2, 3, 2 * SIZE, 2 * SIZE)
+        with torch.no_grad():
+            out = big(x) if isinstance(big, AUDetector) else big(x, x.flip(-1))
+        assert out.logits.shape == (2, NUM_AUS) and bool(torch.isfinite(out.logits).all())
+    with pytest.raises(ValueError, match=">= 16"):
+        at_input_size(_base(4), 8)
 
 
 def test_files_and_the_check_read_both_kinds(tmp_path):
@@ -160,3 +187,45 @@ def test_pairs_command_trains_one_and_au_check_reads_it(tmp_path, capsys):
     assert isinstance(net, ReferenceAUDetector) and meta["pairs"]["val_pairs"] == 4
     assert au_check.main(["--teachers", str(out), "--identities", "1", "--flip"]) == 0
     assert "[au_check] exact top sets" in capsys.readouterr().out
+
+
+def test_pairs_command_trains_one_from_scratch(tmp_path, capsys):
+    from dcnn_flame.supervision import pairs
+
+    out = tmp_path / "scratch.pt"
+    args = ["--init", "none", "--input-size", str(SIZE), "--output", str(out), "--identities", "2", "--epochs", "2",
+            "--processes", "1", "--val-fraction", "0.5", "--reference", "--device", "cpu", "--seed", "3"]
+    assert pairs.main(args) == 0
+    text = capsys.readouterr().out
+    assert "[reference] epoch 2/2" in text
+    net, meta = load_au_detector(str(out))
+    assert isinstance(net, ReferenceAUDetector) and net.cfg.input_size == SIZE
+    assert meta["pairs"]["init"] == "none" and meta["pairs"]["val_pairs"] == 4
+    assert meta["pairs"]["epochs_done"] == 2 and meta["pairs"]["best_epoch"] in (1, 2)
+    first = {k: v.clone() for k, v in net.state_dict().items()}
+    # the same seed draws the same initial weights and trains the same way
+    again = tmp_path / "again.pt"
+    assert pairs.main(args[:5] + [str(again)] + args[6:]) == 0
+    net2, _ = load_au_detector(str(again))
+    for k, v in net2.state_dict().items():
+        torch.testing.assert_close(v, first[k])
+    # progressive resizing: go on training that file at another input size
+    bigger = tmp_path / "bigger.pt"
+    assert pairs.main(["--init", str(out), "--input-size", "40", "--output", str(bigger), "--identities", "2",
+                       "--epochs", "1", "--processes", "1", "--val-fraction", "0.5", "--reference",
+                       "--device", "cpu"]) == 0
+    assert "trained at 32 px; continuing at 40 px" in capsys.readouterr().out
+    net3, meta3 = load_au_detector(str(bigger))
+    assert isinstance(net3, ReferenceAUDetector) and net3.cfg.input_size == 40
+    assert [r["init"] for r in meta3["earlier_pairs_runs"]] == ["none"] and meta3["pairs"]["init"] == str(out)
+    with pytest.raises(SystemExit):  # from scratch only as a two-input detector
+        pairs.main(["--init", "none", "--output", str(tmp_path / "x.pt"), "--identities", "2"])
+    assert "add --reference" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        pairs.main(["--init", "none", "--output", str(tmp_path / "x.pt"), "--reference", "--probe"])
+    assert "drop --reference" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            pairs.main(["--init", "none", "--output", str(tmp_path / "x.pt"), "--reference", "--device", "cuda"])
+        assert "no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
