@@ -5,10 +5,12 @@ frontally (framed like the synthetic world's training images) next to the same c
 neutral mesh, and the AU detector's response (expression minus neutral) must rank the
 expression's intended AUs (its non-zero profile entries) highest.
 
-This is the check of the batch-generation issue; it is only as good as the detector: run it
-with teachers trained by ``jobs/train_supervision.py`` on a large synthetic set.
+This is the check of the batch-generation issue; it is only as good as the detector. By
+default it uses the shipped two-input detector (:data:`SHIPPED_DETECTOR`, trained from
+scratch on within-face pairs, docs/generation.md); ``--teachers`` takes any other (a teachers
+file of ``jobs/train_supervision.py`` or a two-input detector file).
 
-    python -m dcnn_flame.generation.au_check --teachers teachers.pt [--identities 3] [--json out.json]
+    python -m dcnn_flame.generation.au_check [--teachers detector.pt] [--identities 3] [--json out.json]
         [--single-au 0.5] [--flip] [--yaw 0,-20,20]
 
 Two verdicts: per character and expression (``exact``: the detector's top set is the intended
@@ -25,6 +27,7 @@ import argparse
 import json
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -33,6 +36,10 @@ from torch import Tensor
 
 from dcnn_flame.constants import AU_IDS, NUM_AUS
 from dcnn_flame.generation.emotions import ExpressionBank
+
+#: The two-input AU detector shipped with the package (112 px, float16 weights; how it was
+#: trained and what it measures: docs/generation.md, "The shipped detector").
+SHIPPED_DETECTOR = Path(__file__).resolve().parent / "assets" / "au_reference_112.pt"
 
 
 @dataclass
@@ -218,7 +225,9 @@ def summarize(results: Sequence[AURank]) -> dict:
 
     Per expression also the verdict on the mean response over the characters: ``mean_top``
     (the detector's len(intended) highest mean responses, highest first) and ``mean_exact``
-    (that set is the intended one); ``expressions_exact_on_mean`` counts those expressions.
+    (that set is the intended one); ``mean_margin``, the weakest intended AU's mean response
+    minus the strongest other AU's (> 0 when the verdict holds, and by how much);
+    ``expressions_exact_on_mean`` counts those expressions.
     The per-character ``exact`` is the stricter test: one character's noise fails it.
     """
     per: dict[str, list[AURank]] = {}
@@ -229,9 +238,12 @@ def summarize(results: Sequence[AURank]) -> dict:
         mean = np.mean([r.response for r in v], axis=0)
         intended = v[0].intended
         top = [AU_IDS[i] for i in np.argsort(-mean, kind="stable")[: len(intended)]]
+        is_intended = np.isin(np.asarray(AU_IDS), intended)
+        margin = (float(mean[is_intended].min() - mean[~is_intended].max()) if not is_intended.all()
+                  else math.inf)  # every AU intended: nothing to beat
         per_expression[k] = {"exact": sum(r.exact for r in v), "cases": len(v),
                              "recall": sum(r.hits for r in v) / sum(len(r.intended) for r in v),
-                             "mean_top": top, "mean_exact": set(top) == set(intended)}
+                             "mean_top": top, "mean_exact": set(top) == set(intended), "mean_margin": margin}
     return {
         "exact": sum(r.exact for r in results), "cases": len(results),
         "recall": (sum(r.hits for r in results) / max(sum(len(r.intended) for r in results), 1)),
@@ -282,8 +294,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from dcnn_flame.supervision.reference import load_au_detector
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--teachers", required=True, help="teachers file of jobs/train_supervision.py, or a two-input "
-                   "detector of `python -m dcnn_flame.supervision.pairs --reference` (path or URI)")
+    p.add_argument("--teachers", default=None,
+                   help="teachers file of jobs/train_supervision.py, or a two-input detector of `python -m "
+                        "dcnn_flame.supervision.pairs --reference` (path or URI); default: the shipped two-input "
+                        f"detector ({SHIPPED_DETECTOR.relative_to(SHIPPED_DETECTOR.parents[2])})")
     p.add_argument("--identities", type=int, default=3, help="synthetic characters to check")
     p.add_argument("--seed", type=int, default=7, help="synthetic world seed of the characters")
     p.add_argument("--bank", default=None, help="expression bank YAML (default: the built-in bank)")
@@ -304,6 +318,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         yaws = []
     if not yaws or any(not -90.0 < v < 90.0 for v in yaws):
         p.error(f"--yaw must be comma-separated angles in (-90, 90) degrees, e.g. 0,-20,20; got {a.yaw!r}")
+    if a.teachers is None:
+        a.teachers = str(SHIPPED_DETECTOR)
+        if not SHIPPED_DETECTOR.exists():
+            p.error(f"the shipped detector {SHIPPED_DETECTOR} is missing (an install without package data?); "
+                    "reinstall the package or pass --teachers")
     au_net, _ = load_au_detector(a.teachers)
     size = int(getattr(au_net.cfg, "input_size", 112))
     world = world_for(SyntheticConfig(image_size=size))
@@ -318,7 +337,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"({r.hits}/{len(r.intended)})")
     for name, e in summary["per_expression"].items():
         print(f"expression {name:16s} exact on {e['exact']}/{e['cases']} characters; mean response top "
-              f"{e['mean_top']} ({'exact' if e['mean_exact'] else 'MISS'})")
+              f"{e['mean_top']} ({'exact' if e['mean_exact'] else 'MISS'}, margin {e['mean_margin']:+.3f})")
     print(f"[au_check] exact top sets {summary['exact']}/{summary['cases']}, intended-AU recall "
           f"{summary['recall']:.2f}; expressions exact on the mean response "
           f"{summary['expressions_exact_on_mean']}/{summary['expressions']} ({a.teachers}"

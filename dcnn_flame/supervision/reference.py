@@ -172,10 +172,15 @@ def at_input_size(net: nn.Module, size: int) -> nn.Module:
     return out.to(next(net.parameters()).device)
 
 
-def reference_to_bytes(net: ReferenceAUDetector, meta: Optional[dict] = None) -> bytes:
-    """The detector (its base's config and every weight) and free-form ``meta`` as bytes."""
+def reference_to_bytes(net: ReferenceAUDetector, meta: Optional[dict] = None, half: bool = False) -> bytes:
+    """The detector (its base's config and every weight) and free-form ``meta`` as bytes;
+    ``half`` stores the floating-point tensors as float16 (half the size; loading casts them back)."""
+    def cast(v: Tensor) -> Tensor:
+        v = v.detach().cpu()
+        return v.half() if half and v.is_floating_point() else v
+
     payload = {"format": FORMAT, "au_config": dataclasses.asdict(net.cfg),
-               "state": {k: v.detach().cpu() for k, v in net.state_dict().items()}, "meta": meta or {}}
+               "state": {k: cast(v) for k, v in net.state_dict().items()}, "meta": meta or {}}
     buf = io.BytesIO()
     torch.save(payload, buf)
     return buf.getvalue()

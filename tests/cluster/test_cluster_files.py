@@ -447,6 +447,14 @@ def test_dockerignore_excludes_local_state_and_models_but_not_what_the_image_nee
     for src in sources:
         hit = [p for p in patterns if not p.startswith("!") and fnmatch.fnmatch(src, p.lstrip("/"))]
         assert not hit, f"{src} is copied by the Dockerfile but excluded by .dockerignore {hit}"
+    # weights are kept out of the image, except the AU detector the package ships (last match wins)
+    shipped = "dcnn_flame/generation/assets/au_reference_112.pt"
+    excluded = False
+    for p in patterns:
+        if fnmatch.fnmatch(shipped, p.lstrip("!").lstrip("/")):
+            excluded = not p.startswith("!")
+    assert not excluded and (ROOT / shipped).exists()
+    assert any(fnmatch.fnmatch("runs/x/model.pt", p) for p in patterns if not p.startswith("!"))
 
 
 # ----------------------------------------------------------------------------- nightly CronJob

@@ -158,6 +158,16 @@ def test_files_and_the_check_read_both_kinds(tmp_path):
         flipped = 0.5 * (want + reference_response(net, m[1:], m[0]).double().numpy())
     np.testing.assert_allclose(detector_response(back, images), want, atol=1e-6)
     np.testing.assert_allclose(detector_response(back, images, flip=True), flipped, atol=1e-6)
+    # float16 storage: half the bytes, weights equal to their float16 rounding, loaded as float32
+    half = tmp_path / "half.pt"
+    half.write_bytes(reference_to_bytes(net, half=True))
+    assert half.stat().st_size < 0.6 * path.stat().st_size
+    back16, _ = load_au_detector(str(half))
+    for k, v in net.state_dict().items():
+        got = back16.state_dict()[k]
+        assert got.dtype == v.dtype
+        want16 = v.half().to(v.dtype) if v.is_floating_point() else v
+        torch.testing.assert_close(got, want16, rtol=0, atol=0)
     teachers = tmp_path / "t.pt"
     teachers.write_bytes(teachers_to_bytes(_base(5), ExpressionClassifier(ExpressionClassifierConfig(input_size=SIZE))))
     single, _ = load_au_detector(str(teachers))
