@@ -573,7 +573,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     after = contrast_metrics(au_net, val, pos_weight=pos_weight)
     au_net.eval()
     write(best_epoch, history, after)
-    au_net.cpu()
     print(f"[pairs] best epoch {best_epoch}: val contrast mae {before['contrast_mae']:.4f} -> "
           f"{after['contrast_mae']:.4f} -> {a.output}", flush=True)
     return 0
