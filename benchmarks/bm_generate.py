@@ -16,7 +16,10 @@ paper's Figure 8 set, the default here). Prints one line per measurement:
   expression, write the GLB, the preview and the Parquet rows. Characters/s and images/s, with
   the split of its time (reconstruct / retarget+write) from the actor's own status rows.
   ``--write-threads 1,4`` measures it once per value, side by side (threads per actor that
-  write the characters of a batch in parallel). ``--profile 40`` prints the actor stage's 40
+  write the characters of a batch in parallel). ``--write-stage actor,tasks`` runs the actor and
+  job stages once per write stage (with ``tasks`` the actor stage times the actor handing the
+  characters over, then writing them in this process as one write task would; the job runs the
+  write tasks after the actors). ``--profile 40`` prints the actor stage's 40
   costliest functions (cProfile; how the H200 actor's write path was found, docs/generation.md).
 - job:    the whole Ray Data job (:func:`dcnn_flame.generation.pipeline.run`: read, detect,
   align, actor pool, writes) over a manifest of ``--characters`` characters: characters/s and
@@ -144,7 +147,7 @@ def bench_actor(cfg, checkpoint: str, manifest_ids: list[str], manifest: str, ch
         bank_au=tuple(tuple(float(x) for x in r) for r in bank_au), teachers_path=cfg.teachers_path,
         device=cfg.device, bf16=cfg.bf16, write_obj=cfg.write_obj, preview=cfg.preview,
         preview_size=cfg.preview_size, bake_detail=cfg.bake_detail, model_version=dcnn_flame.__version__,
-        write_threads=cfg.write_threads)
+        write_threads=cfg.write_threads, write_stage=cfg.write_stage)
     actor = Reconstructor(settings)
     batches = [pa.Table.from_pylist(rows[i:i + batch], schema=OUTPUT_SCHEMA) for i in range(0, len(rows), batch)]
     actor(batches[0])  # warm-up (lazy initialisation, cuDNN autotuning), untimed
@@ -152,11 +155,19 @@ def bench_actor(cfg, checkpoint: str, manifest_ids: list[str], manifest: str, ch
     status = [actor(b) for b in batches]
     _sync(actor.device)
     wall = time.perf_counter() - t
+    write_s = 0.0
+    if cfg.write_stage == "tasks":  # the actor handed the characters over: write them as one task would
+        from dcnn_flame.generation.write_stage import MeshTopology, write_payloads
+
+        topology = MeshTopology.of(actor.loaded.flame_data)
+        t = time.perf_counter()
+        status = [write_payloads(b, settings, topology, actor.loaded.step) for b in status]
+        write_s = time.perf_counter() - t
     st = pa.concat_tables(status).to_pandas()
     ok = int((st["status"] == "ok").sum())
     return {"characters": len(rows), "ok": ok, "images": int(st["num_images"].sum()), "wall_s": wall,
-            "reconstruct_ms": float(st["reconstruct_ms"].mean()), "write_ms": float(st["write_ms"].mean()),
-            "expressions": len(names), "load_s": actor.load_s}
+            "write_s": write_s, "reconstruct_ms": float(st["reconstruct_ms"].mean()),
+            "write_ms": float(st["write_ms"].mean()), "expressions": len(names), "load_s": actor.load_s}
 
 
 def _cpu_times() -> Optional[tuple[float, float]]:
@@ -230,6 +241,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--num-cpus-per-actor", type=float, default=1.0)
     ap.add_argument("--write-threads", default="1", help="threads per actor that retarget and write; a "
                     "comma-separated list (e.g. 1,4) runs the actor and job stages once per value, side by side")
+    ap.add_argument("--write-stage", default="actor", help="actor, tasks, or both comma-separated (actor,tasks: "
+                    "the actor and job stages run once per value, side by side); with tasks the actor stage "
+                    "times the actor handing characters over, then the writing as one write task would")
+    ap.add_argument("--write-batch-size", type=int, default=8, help="characters per write task (write_stage=tasks)")
+    ap.add_argument("--ray-cpus", type=int, default=None, help="logical CPUs of the local Ray (default: all cores)")
     ap.add_argument("--model-batch", type=int, default=None, help="images per forward of the model run "
                     "(default: 256 on CUDA, 16 on CPU)")
     ap.add_argument("--iters", type=int, default=3)
@@ -255,6 +271,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         raise SystemExit(f"--write-threads must be integers separated by commas, got {args.write_threads!r}")
     if not write_threads or min(write_threads) < 1:
         raise SystemExit(f"--write-threads values must be >= 1, got {args.write_threads!r}")
+    write_stages = [w.strip() for w in args.write_stage.split(",") if w.strip()]
+    if not write_stages or set(write_stages) - {"actor", "tasks"}:
+        raise SystemExit(f"--write-stage takes actor, tasks or both, got {args.write_stage!r}")
     workdir = args.workdir or tempfile.mkdtemp(prefix="bm_generate_")
     os.makedirs(workdir, exist_ok=True)
     device = torch.device(args.device)
@@ -271,7 +290,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         write_obj=args.obj, batch_size=args.batch_size, decode_batch_size=args.decode_batch_size,
         num_actors=args.num_actors, num_gpus=args.num_gpus, num_cpus_per_actor=args.num_cpus_per_actor,
         device=args.device, bf16=args.bf16, detector=args.detector, progress=False, ray_stats=args.ray_stats,
-        ray=RayConfig())
+        write_batch_size=args.write_batch_size, ray=RayConfig(num_cpus=args.ray_cpus))
 
     if "decode" in stages:
         r = bench_decode(cfg, manifest, min(args.characters * args.images_per_character, 256))
@@ -289,8 +308,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"model: forward {au} AU detector, batch {mb} at {loaded.model.cfg.image_size} px: "
               f"{ips:10.1f} images/s", flush=True)
         del loaded
-    for wt in write_threads:
-        cfg = dataclasses.replace(cfg, write_threads=wt, name=f"bm-{int(time.time())}-w{wt}")
+    for ws, wt in [(ws, wt) for ws in write_stages for wt in write_threads]:
+        cfg = dataclasses.replace(cfg, write_threads=wt, write_stage=ws, name=f"bm-{int(time.time())}-{ws}-w{wt}")
+        tag = f"write_stage={ws}, write_threads={wt}"
         if "actor" in stages:
             n = args.actor_characters or min(args.characters, 512)
             prof = None
@@ -310,20 +330,26 @@ def main(argv: Optional[list[str]] = None) -> None:
                 stats.sort_stats("cumulative").print_stats(args.profile)
                 stats.sort_stats("tottime").print_stats(args.profile)
                 print(buf.getvalue(), flush=True)
-            if wt == 1:
+            if ws == "tasks":
+                n = r["characters"]
+                split = (f"the actor handing over {n / r['wall_s']:.2f} characters/s (reconstruct "
+                         f"{r['reconstruct_ms']:.1f} ms per character), writing them in one process "
+                         f"{n / r['write_s']:.2f} characters/s")
+                r = dict(r, wall_s=r["wall_s"] + r["write_s"])
+            elif wt == 1:
                 rest = 1000.0 * r["wall_s"] / r["characters"] - r["reconstruct_ms"] - r["write_ms"]
                 split = (f"per character: decode crops + reconstruct {r['reconstruct_ms']:.1f} ms, write "
                          f"{r['write_ms']:.1f} ms, retarget and the rest {rest:.1f} ms")
             else:  # the characters' retarget/write times overlap: only their means mean something
                 split = (f"per character, overlapping: reconstruct {r['reconstruct_ms']:.1f} ms, "
                          f"write {r['write_ms']:.1f} ms")
-            print(f"actor (write_threads={wt}): {r['ok']}/{r['characters']} characters x {r['expressions']} "
+            print(f"actor ({tag}): {r['ok']}/{r['characters']} characters x {r['expressions']} "
                   f"expressions in {r['wall_s']:.2f}s: {r['characters'] / r['wall_s']:10.2f} characters/s, "
                   f"{r['images'] / r['wall_s']:10.2f} images/s ({split}; checkpoint load {r['load_s']:.1f}s)",
                   flush=True)
         if "job" in stages:
             r = bench_job(cfg)
-            print(f"job (write_threads={wt}): {r['ok']}/{r['characters']} characters ({r['failed']} failed) x "
+            print(f"job ({tag}): {r['ok']}/{r['characters']} characters ({r['failed']} failed) x "
                   f"{r['expressions']} expressions, Ray stage {r['stage_s']:.2f}s: {r['cps']:10.2f} characters/s, "
                   f"{r['ips']:10.2f} images/s ({r['elapsed_s']:.1f}s with set-up); steady "
                   f"{r['steady']:.1f} characters/s (10th-90th percentile of completions); "

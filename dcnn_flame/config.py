@@ -582,7 +582,19 @@ class GenerateConfig:
     is retargeted and its previews rendered in one pass before). Writing (GLB, PNG, Parquet,
     uploads) is CPU work that would leave a GPU actor's GPU idle: 2-3 on GPU actors (on the
     16-core H200 machine 12 actors x 1 CPU x 2 threads was the fastest layout measured; see
-    docs/generation.md). 1 = one after the other."""
+    docs/generation.md). 1 = one after the other. With write_stage=tasks: threads per write task."""
+    write_stage: str = "actor"
+    """Who writes the characters' files: "actor" (the reconstruction actor, after its batch) or
+    "tasks" (the actor only runs the model, retargeting and preview tiles and hands each
+    character over, ~1.5 MB through the object store, to Ray Data CPU tasks that encode and write
+    it on every core; for GPU actors, whose own CPU time otherwise bounds the job). Same files
+    either way; see docs/generation.md."""
+    write_batch_size: int = 8
+    """write_stage=tasks: characters per write task (the actors' batches are split into blocks of
+    this size, so one batch is written by several tasks at once)."""
+    write_task_cpus: float = 1.0
+    """write_stage=tasks: CPUs reserved per write task (below 1 runs more tasks than cores, for
+    writes that wait on a slow object store)."""
     device: str = "auto"
     """Torch device of the actors: "auto" (cuda when the actor has a GPU, else cpu), "cpu", "cuda"."""
     bf16: bool = False

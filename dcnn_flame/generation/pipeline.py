@@ -12,7 +12,9 @@
    ``read (from the plan) -> map_batches(preprocess_batch) [CPU tasks] ->
    map_batches(Reconstructor, ActorPoolStrategy) [GPU/CPU actors, checkpoint loaded once]``;
    the actors write every output themselves under deterministic keys and return one small
-   status row per character, which the driver counts (memory stays flat);
+   status row per character, which the driver counts (memory stays flat); with
+   ``write_stage=tasks`` the actors hand each character over instead (:mod:`.handoff`) and
+   ``repartition -> map_batches(write_payloads)`` CPU tasks write it (:mod:`.write_stage`);
 5. print and return a :class:`GenerateSummary` (counts, throughput, where the outputs are, an
    example query). Failure rows are data: the exit code is 0 unless ``fail_on_errors``.
 """
@@ -200,24 +202,50 @@ def _performance(cfg: "GenerateConfig", settings, options: StorageOptions, check
     return names, expr, jaw
 
 
+def write_room_problem(cfg: "GenerateConfig", cluster_cpus: float) -> Optional[str]:
+    """With write_stage=tasks the actors hold their CPUs for the whole job, so the write tasks
+    need CPUs besides them; a message saying what to change when the cluster has none, else None."""
+    held = cfg.num_actors * float(cfg.num_cpus_per_actor)
+    if cluster_cpus - held >= float(cfg.write_task_cpus):
+        return None
+    return (f"write_stage=tasks needs CPUs for the write tasks besides the actors': the cluster has "
+            f"{cluster_cpus:g}, num_actors x num_cpus_per_actor = {cfg.num_actors} x {cfg.num_cpus_per_actor:g} "
+            f"hold {held:g} and each write task takes write_task_cpus={cfg.write_task_cpus:g}; lower num_actors "
+            f"or num_cpus_per_actor, or use write_stage=actor")
+
+
+def _checkpoint_head(ckpt_config: dict):
+    """The head model a checkpoint was trained with (its flame config), loaded on the driver."""
+    from dcnn_flame.config import FlameConfig
+    from dcnn_flame.flame.factory import load_flame_data
+
+    known = set(FlameConfig.__dataclass_fields__)
+    return load_flame_data(FlameConfig(**{k: v for k, v in (ckpt_config.get("flame") or {}).items() if k in known}))
+
+
 def run(cfg: "GenerateConfig") -> GenerateSummary:
     """Run the job (module docstring). Raises only when the job itself cannot run."""
     import ray
 
     import dcnn_flame
     from dcnn_flame.generation.library import completed_keys, plan_library
-    from dcnn_flame.generation.predictor import ActorSettings, Reconstructor
+    from dcnn_flame.generation.predictor import WRITE_STAGES, ActorSettings, Reconstructor
     from dcnn_flame.generation.preprocess import preprocess_batch
     from dcnn_flame.generation.writers import failures_uri, write_failures_if_changed
-    from dcnn_flame.ray_utils import init_ray
+    from dcnn_flame.ray_utils import init_ray, resolve_address
     from dcnn_flame.training.checkpoint import load_checkpoint_for_inference, resolve_checkpoint
 
     t_start = time.time()
     options = storage_options(cfg)
-    counts = (cfg.num_actors, cfg.batch_size, cfg.decode_batch_size, cfg.write_threads, cfg.read_threads)
+    counts = (cfg.num_actors, cfg.batch_size, cfg.decode_batch_size, cfg.write_threads, cfg.read_threads,
+              cfg.write_batch_size)
     if min(counts) < 1:
-        raise ValueError(f"num_actors, batch_size, decode_batch_size, write_threads and read_threads must be "
-                         f">= 1, got {', '.join(str(c) for c in counts)}")
+        raise ValueError(f"num_actors, batch_size, decode_batch_size, write_threads, read_threads and "
+                         f"write_batch_size must be >= 1, got {', '.join(str(c) for c in counts)}")
+    if cfg.write_stage not in WRITE_STAGES:
+        raise ValueError(f"write_stage must be one of {', '.join(WRITE_STAGES)}, got {cfg.write_stage!r}")
+    if not float(cfg.write_task_cpus) > 0:
+        raise ValueError(f"write_task_cpus must be > 0, got {cfg.write_task_cpus}")
     input_uri, checkpoint, detector, demo_lib = _demo_inputs(cfg, options)
     output_uri = storage.resolve(cfg.output_uri or storage.join(cfg.storage.uri, "generated"))
     run_name = cfg.name
@@ -278,6 +306,12 @@ def run(cfg: "GenerateConfig") -> GenerateSummary:
 
     if todo:
         init_ray(cfg.ray)
+        if cfg.write_stage == "tasks":
+            short = write_room_problem(cfg, float(ray.cluster_resources().get("CPU", 0.0)))
+            if short and resolve_address(cfg.ray.address) == "local":
+                raise ValueError(short)  # a local Ray cannot grow: the job would stall
+            if short:
+                print(f"generate: warning: {short} (fine if the cluster adds nodes)", flush=True)
         ctx = ray.data.DataContext.get_current()
         saved = (ctx.enable_progress_bars, ctx.execution_no_progress_timeout_s)
         ctx.enable_progress_bars = cfg.progress
@@ -290,7 +324,12 @@ def run(cfg: "GenerateConfig") -> GenerateSummary:
             au_map_path=cfg.au_map_path, device=cfg.device, bf16=cfg.bf16, write_obj=cfg.write_obj,
             preview=cfg.preview, preview_size=cfg.preview_size, preview_max=cfg.preview_max,
             bake_detail=cfg.bake_detail, model_version=dcnn_flame.__version__, write_threads=int(cfg.write_threads),
-            fault_injection=cfg.fault_injection, fs=out_fs)
+            write_stage=cfg.write_stage, fault_injection=cfg.fault_injection, fs=out_fs)
+        topology = None
+        if cfg.write_stage == "tasks":
+            from dcnn_flame.generation.write_stage import MeshTopology
+
+            topology = MeshTopology.of(flame_data if flame_data is not None else _checkpoint_head(ckpt_config))
         items = [{"character_id": t.character_id, "character_key": t.key, "image_uris": t.image_uris,
                   "sizes": t.sizes} for t in todo]
         blocks = max(1, min(len(items), -(-len(items) // cfg.decode_batch_size)))
@@ -303,6 +342,15 @@ def run(cfg: "GenerateConfig") -> GenerateSummary:
                                 batch_format="pyarrow", batch_size=cfg.batch_size,
                                 compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
                                 num_gpus=cfg.num_gpus or None, num_cpus=cfg.num_cpus_per_actor)
+            if cfg.write_stage == "tasks":
+                from dcnn_flame.generation.write_stage import write_payloads
+
+                # Split each actor batch into blocks of write_batch_size characters (streaming),
+                # so that several write tasks share one batch.
+                ds = ds.repartition(target_num_rows_per_block=cfg.write_batch_size)
+                ds = ds.map_batches(write_payloads, fn_kwargs={"settings": actor, "topology": topology, "step": step},
+                                    batch_format="pyarrow", batch_size=cfg.write_batch_size,
+                                    num_cpus=float(cfg.write_task_cpus))
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
                 for r in batch.to_pylist():
                     summary.images += int(r["num_images"] or 0)

@@ -16,12 +16,15 @@ After the forward pass each character is retargeted and written on its own; with
 actor most of that time is CPU work that releases the GIL (zlib, Parquet, file and network
 I/O, torch kernels), so a few threads keep one actor's GPU busy instead of idle while it
 writes. The batch's status rows are returned only when all of its characters are written.
+
+With ``write_stage="tasks"`` the actor writes nothing but failure tables: it returns one
+:mod:`.handoff` payload row per character (meshes, preview tiles, 8-bit texture, parameters)
+and Ray Data's CPU tasks (:func:`.write_stage.write_payloads`) write the files, so that a few
+GPU actors keep the device busy while every core encodes and uploads.
 """
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -31,20 +34,12 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
+from dcnn_flame.generation.schema import STATUS_SCHEMA  # noqa: F401 - re-exported (the actor's rows)
 from dcnn_flame.io.storage import StorageOptions
 
-#: Status rows the actor returns to the driver.
-STATUS_SCHEMA = pa.schema([
-    pa.field("character_id", pa.string()),
-    pa.field("character_key", pa.string()),
-    pa.field("status", pa.string()),  # ok | failed
-    pa.field("num_images", pa.int32()),
-    pa.field("num_failures", pa.int32()),
-    pa.field("num_expressions", pa.int32()),
-    pa.field("reason", pa.string()),
-    pa.field("reconstruct_ms", pa.float32()),
-    pa.field("write_ms", pa.float32()),
-])
+
+#: Where characters are written: by the reconstruction actor, or by CPU tasks after it.
+WRITE_STAGES = ("actor", "tasks")
 
 
 @dataclass(frozen=True)
@@ -68,7 +63,10 @@ class ActorSettings:
         bf16: bf16 autocast of the network forward on CUDA.
         write_obj, preview, preview_size, preview_max, bake_detail: output switches.
         model_version: package version stored in rows.
-        write_threads: characters of a batch retargeted and written in parallel (threads).
+        write_threads: characters of a batch written in parallel (threads of the actor, or of
+            each write task with ``write_stage="tasks"``).
+        write_stage: "actor" (the actor writes its characters) or "tasks" (it returns
+            :mod:`.handoff` payload rows and Ray Data's CPU tasks write them, :mod:`.write_stage`).
         fault_injection: test-only directory (see GenerateConfig.fault_injection).
         fs: fsspec filesystem of the output (and checkpoint) store built on the driver, carrying
             its credentials (:mod:`dcnn_flame.io.arrow_fs`); None = from ``storage``.
@@ -95,6 +93,7 @@ class ActorSettings:
     bake_detail: bool = True
     model_version: str = ""
     write_threads: int = 1
+    write_stage: str = "actor"
     fault_injection: Optional[str] = None
     fs: Any = None
 
@@ -188,7 +187,9 @@ class Reconstruction:
 
     Attributes:
         shape: [S]; expression: [V, E]; pose: [V, 15]; albedo: [3, Ht, Wt] (view mean);
-        detail_code: [D] (view mean) or None; au: [V, 17] (NaN without a detector).
+        detail_code: [D] (view mean) or None; au: [V, 17] (NaN without a detector);
+        texture: [Ht, Wt, 3] uint8, the albedo as written (albedo.png, the GLB's texture), made on
+        the device with the rest of the batch; None = made from ``albedo`` when written.
     """
 
     shape: torch.Tensor
@@ -197,6 +198,7 @@ class Reconstruction:
     albedo: torch.Tensor
     detail_code: Optional[torch.Tensor]
     au: torch.Tensor
+    texture: Optional[np.ndarray] = None
 
 
 def reconstruct(loaded: LoadedModel, images: torch.Tensor, bf16: bool = False) -> list[Reconstruction]:
@@ -214,14 +216,19 @@ def reconstruct(loaded: LoadedModel, images: torch.Tensor, bf16: bool = False) -
             au = loaded.au_net(x).probs.float()
         else:
             au = flat.new_full((B * V, 17), float("nan"))
+    from dcnn_flame.generation.writers import albedo_u8
+
+    albedo = out.albedo.float().reshape(B, V, *out.albedo.shape[1:]).mean(1)  # [B, 3, Ht, Wt]
+    texture = albedo_u8(albedo).cpu().numpy()  # one transfer for the batch
+    albedo = albedo.cpu()
     res = []
     for b in range(B):
         sl = slice(b * V, (b + 1) * V)
         res.append(Reconstruction(
             shape=out.shape[b].float().cpu(), expression=out.expression[sl].float().cpu(),
-            pose=out.pose[sl].float().cpu(), albedo=out.albedo[sl].float().mean(0).cpu(),
+            pose=out.pose[sl].float().cpu(), albedo=albedo[b],
             detail_code=None if out.detail_code is None else out.detail_code[sl].float().mean(0).cpu(),
-            au=au[sl].float().cpu()))
+            au=au[sl].float().cpu(), texture=texture[b]))
     return res
 
 
@@ -264,8 +271,10 @@ class Reconstructor:
         self.perf_jaw = torch.tensor(s.performance_jaw, dtype=torch.float32) if s.performance_names else None
         if int(s.write_threads) < 1:
             raise ValueError(f"write_threads must be >= 1, got {s.write_threads}")
+        if s.write_stage not in WRITE_STAGES:
+            raise ValueError(f"write_stage must be one of {', '.join(WRITE_STAGES)}, got {s.write_stage!r}")
         self.pool = None
-        if int(s.write_threads) > 1:
+        if int(s.write_threads) > 1 and s.write_stage == "actor":
             from concurrent.futures import ThreadPoolExecutor
 
             self.pool = ThreadPoolExecutor(int(s.write_threads), thread_name_prefix="dcnn-flame-write")
@@ -320,32 +329,24 @@ class Reconstructor:
             out = self.retargeter.meshes_many(shapes, expression, jaw, disp)
         return names, au, out
 
-    def _maybe_block(self) -> None:
-        """Fault injection for tests: the first actor to get here publishes its PID and waits."""
-        d = self.settings.fault_injection
-        if not d:
-            return
-        try:
-            fd = os.open(os.path.join(d, "actor_pid"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        deadline = time.time() + 120
-        while not os.path.exists(os.path.join(d, "release")) and time.time() < deadline:
-            time.sleep(0.05)
-
     # ------------------------------------------------------------------ batch
     def __call__(self, batch: pa.Table) -> pa.Table:
+        from dcnn_flame.generation.handoff import PAYLOAD_SCHEMA, pack_character
+        from dcnn_flame.generation.write_stage import fail_character, finish_character, maybe_block
+
+        handoff = self.settings.write_stage == "tasks"
         rows = batch.to_pylist()
         status: list[dict] = [None] * len(rows)  # type: ignore[list-item]
         groups: dict[int, list[int]] = {}
+
+        def fail(i: int, stage: str, reason: str, detail: str) -> dict:
+            return fail_character(self.writer, rows[i], len(rows[i]["images"] or []), stage, reason, detail)
+
         for i, r in enumerate(rows):
             n = len(r["images"] or [])
             if n == 0:
-                status[i] = self._fail_character(r, "reconstruct", "no_usable_image",
-                                                 "none of the character's images could be used (see the other "
-                                                 "failure rows of this character)")
+                status[i] = fail(i, "reconstruct", "no_usable_image", "none of the character's images could be "
+                                                                      "used (see the other failure rows of this character)")
             else:
                 groups.setdefault(n, []).append(i)
         for n, idx in groups.items():
@@ -355,7 +356,7 @@ class Reconstructor:
                 recs = reconstruct(self.loaded, imgs, self.settings.bf16)
             except Exception as exc:  # noqa: BLE001 - a broken batch must not kill the job
                 for i in idx:
-                    status[i] = self._fail_character(rows[i], "reconstruct", "error", f"{type(exc).__name__}: {exc}")
+                    status[i] = fail(i, "reconstruct", "error", f"{type(exc).__name__}: {exc}")
                 continue
             per_char_ms = (time.perf_counter() - t0) * 1000.0 / len(idx)
             # Retarget and preview-render the whole group on the device in one pass each; the
@@ -366,56 +367,44 @@ class Reconstructor:
                 outs = _split_outputs(_to_cpu(out), len(recs))
             except Exception as exc:  # noqa: BLE001 - one bad group must not kill the batch
                 for i in idx:
-                    status[i] = self._fail_character(rows[i], "retarget", "error", f"{type(exc).__name__}: {exc}")
+                    status[i] = fail(i, "retarget", "error", f"{type(exc).__name__}: {exc}")
                 continue
             t2 = time.perf_counter()
             retarget_ms = (t2 - t1) * 1000.0 / len(idx)
             try:
                 tiles = self.writer.preview_tiles(_split_outputs(out, len(recs)), [r.albedo for r in recs], names)
-            except Exception:  # noqa: BLE001 - rendered per character instead, where errors become write failures
+            except Exception:  # noqa: BLE001 - rendered per character instead, where errors fail that character
                 tiles = None
             tiles_ms = (time.perf_counter() - t2) * 1000.0 / len(idx)  # counted in each character's write_ms
-            work = [(i, rows[i], rec, names, au, outs[k], None if tiles is None else tiles[k],
-                     per_char_ms, retarget_ms, tiles_ms) for k, (i, rec) in enumerate(zip(idx, recs))]
+            if handoff:  # the write tasks get everything but the device: tiles rendered here
+                for k, (i, rec) in enumerate(zip(idx, recs)):
+                    try:
+                        if tiles is not None:
+                            t = tiles[k]
+                        elif self.writer.previews:
+                            t = self.writer.preview_tiles([outs[k]], [rec.albedo], names)[0]
+                        else:
+                            t = None
+                        status[i] = pack_character(rows[i], rec, names, au, outs[k], t, per_char_ms, retarget_ms,
+                                                   tiles_ms)
+                    except Exception as exc:  # noqa: BLE001 - this character only
+                        status[i] = fail(i, "write", "error", f"{type(exc).__name__}: {exc}")
+                continue
+            block = lambda: maybe_block(self.settings.fault_injection)  # noqa: E731
+            work = [(i, rows[i], len(rows[i]["images"]), rec, names, au, outs[k],
+                     None if tiles is None else tiles[k], per_char_ms, retarget_ms, tiles_ms, block)
+                    for k, (i, rec) in enumerate(zip(idx, recs))]
             if self.pool is None:
                 for i, *args in work:
-                    status[i] = self._finish_character(*args)
+                    status[i] = finish_character(self.writer, *args)
             else:
-                futures = [(i, self.pool.submit(self._finish_character, *args)) for i, *args in work]
+                futures = [(i, self.pool.submit(finish_character, self.writer, *args)) for i, *args in work]
                 for i, fut in futures:
                     try:
                         status[i] = fut.result()
-                    except Exception as exc:  # noqa: BLE001 - _finish_character reports its own errors
-                        status[i] = self._fail_character(rows[i], "write", "error", f"{type(exc).__name__}: {exc}")
-        return pa.Table.from_pylist(status, schema=STATUS_SCHEMA)
-
-    def _fail_character(self, row: dict, stage: str, reason: str, detail: str) -> dict:
-        failures = json.loads(row.get("failures") or "[]")
-        failures.append({"input_uri": None, "stage": stage, "reason": reason, "detail": detail})
-        try:
-            self.writer.write_failures(row["character_id"], row["character_key"], failures)
-        except Exception:  # noqa: BLE001 - reported in the status row below
-            pass
-        return {"character_id": row["character_id"], "character_key": row["character_key"], "status": "failed",
-                "num_images": len(row.get("images") or []), "num_failures": len(failures), "num_expressions": 0,
-                "reason": reason, "reconstruct_ms": 0.0, "write_ms": 0.0}
-
-    def _finish_character(self, row: dict, rec: Reconstruction, names: list[str], au: torch.Tensor, out: Any,
-                          tiles: Optional[np.ndarray], reconstruct_ms: float, retarget_ms: float,
-                          tiles_ms: float = 0.0) -> dict:
-        failures = json.loads(row.get("failures") or "[]")
-        t1 = time.perf_counter()
-        try:
-            self.writer.write_character(row["character_id"], row["character_key"], rec, names, au, out,
-                                        failures, num_images=len(row["images"]),
-                                        timings=(reconstruct_ms + float(row.get("decode_ms") or 0.0), retarget_ms),
-                                        before_success=self._maybe_block, tiles=tiles, tiles_ms=tiles_ms)
-        except Exception as exc:  # noqa: BLE001
-            return self._fail_character(row, "write", "error", f"{type(exc).__name__}: {exc}")
-        return {"character_id": row["character_id"], "character_key": row["character_key"], "status": "ok",
-                "num_images": len(row["images"]), "num_failures": len(failures), "num_expressions": len(names),
-                "reason": None, "reconstruct_ms": float(reconstruct_ms),
-                "write_ms": float((time.perf_counter() - t1) * 1000.0 + tiles_ms)}
+                    except Exception as exc:  # noqa: BLE001 - finish_character reports its own errors
+                        status[i] = fail(i, "write", "error", f"{type(exc).__name__}: {exc}")
+        return pa.Table.from_pylist(status, schema=PAYLOAD_SCHEMA if handoff else STATUS_SCHEMA)
 
 
 def _to_cpu(out: Any) -> Any:

@@ -68,3 +68,17 @@ FAILURES_SCHEMA = pa.schema(
     ],
     metadata={b"dcnn_flame.results_schema_version": str(RESULTS_SCHEMA_VERSION).encode()},
 )
+
+#: One row per character that ran: what the last stage (the actor, or the write tasks with
+#: ``write_stage=tasks``) returns to the driver, which counts them (not stored).
+STATUS_SCHEMA = pa.schema([
+    pa.field("character_id", pa.string()),
+    pa.field("character_key", pa.string()),
+    pa.field("status", pa.string()),  # ok | failed
+    pa.field("num_images", pa.int32()),
+    pa.field("num_failures", pa.int32()),
+    pa.field("num_expressions", pa.int32()),
+    pa.field("reason", pa.string()),
+    pa.field("reconstruct_ms", pa.float32()),
+    pa.field("write_ms", pa.float32()),
+])

@@ -115,11 +115,15 @@ def png_bytes(image: np.ndarray) -> bytes:
     return encode_png(image, level=1)
 
 
+def albedo_u8(albedo: torch.Tensor) -> torch.Tensor:
+    """[..., 3, Ht, Wt] UV albedo in [0, 1] -> [..., Ht, Wt, 3] uint8 (on albedo's device)."""
+    return (albedo.clamp(0, 1) * 255.0).round().to(torch.uint8).movedim(-3, -1)
+
+
 def albedo_png(albedo: torch.Tensor) -> bytes:
     """[3, Ht, Wt] UV albedo in [0, 1] (row 0 = v = 1, as the renderer) -> PNG (image top = v = 1,
     the OBJ/glTF convention after their own v flips)."""
-    arr = (albedo.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return png_bytes(arr)
+    return png_bytes(albedo_u8(albedo).cpu().numpy())
 
 
 class PreviewRenderer:
@@ -182,12 +186,16 @@ class CharacterWriter:
 
     Args:
         settings: :class:`dcnn_flame.generation.predictor.ActorSettings`.
-        data: the head model (faces, UVs).
+        data: the head model, or anything with its ``faces``, ``uv_coords`` and ``uv_faces``
+            (:class:`~dcnn_flame.generation.write_stage.MeshTopology` in the write tasks).
         step: the checkpoint's training step (stored in rows).
-        device: device of the preview renderer.
+        device: device of the preview renderer (built on first use: the write tasks get the
+            tiles rendered by the actor and never build one).
     """
 
     def __init__(self, settings: Any, data: Any, step: int, device: Any = "cpu"):
+        import threading
+
         from dcnn_flame.io.gltf import split_seams
 
         self.s = settings
@@ -197,9 +205,21 @@ class CharacterWriter:
         # The UV seam split is the same for every character: computed once per actor.
         self.seams = None if self.uv_faces is None else split_seams(self.faces, self.uv_faces)
         self.step = int(step)
-        self.preview = (PreviewRenderer(data, settings.preview_size, device)
-                        if settings.preview and self.uv_coords is not None else None)
+        self.previews = bool(settings.preview and self.uv_coords is not None)
+        self._data, self._device = data, device
+        self._renderer: Optional[PreviewRenderer] = None  # built on first use (write tasks get tiles)
+        self._lock = threading.Lock()
         self._sheets: dict[tuple, Any] = {}  # caption layout -> SheetTemplate (drawn once)
+
+    @property
+    def preview(self) -> Optional[PreviewRenderer]:
+        """The preview renderer (None without previews), built on first use."""
+        if not self.previews:
+            return None
+        with self._lock:
+            if self._renderer is None:
+                self._renderer = PreviewRenderer(self._data, self.s.preview_size, self._device)
+            return self._renderer
 
     def preview_indices(self, names: Sequence[str]) -> list[int]:
         """Indices of the expressions shown on the preview sheet (after the neutral tile)."""
@@ -215,7 +235,7 @@ class CharacterWriter:
         Returns:
             [B, 1 + shown, size, size, 3] uint8 (the neutral first), or None without previews.
         """
-        if self.preview is None or not outs:
+        if not self.previews or not outs:
             return None
         shown = self.preview_indices(names)
         verts = torch.stack([torch.cat([o.neutral[None].float(), o.vertices[shown].float()]) for o in outs])
@@ -268,7 +288,8 @@ class CharacterWriter:
         s, run = self.s, self.s.run_uri
         neutral = out.neutral.float().cpu().numpy()
         meshes = out.vertices.float().cpu().numpy()
-        tex = albedo_png(rec.albedo)
+        texture = getattr(rec, "texture", None)  # made on the device by reconstruct()
+        tex = png_bytes(texture) if texture is not None else albedo_png(rec.albedo)
         glb_uri = character_uri(run, key, "character.glb")
         extras = {"character_id": character_id, "run_name": s.run_name, "checkpoint": s.checkpoint_uri,
                   "checkpoint_step": self.step, "model_version": s.model_version, "expressions": list(names)}
@@ -287,7 +308,7 @@ class CharacterWriter:
                                          material_file="character.mtl", comment=f"{character_id} {n}"))
                 obj_uris[n] = uri
         preview_uri = None
-        if self.preview is not None:
+        if self.previews:
             if tiles is None:
                 tiles = self.preview_tiles([out], [rec.albedo], names)[0]
             preview_uri = character_uri(run, key, "preview.png")

@@ -1,6 +1,7 @@
 """The decode stage and the reconstruction actor without Ray: the raw crops the stages pass,
-and the actor's write threads (same outputs as writing one character after the other; one
-character's error stays its own)."""
+the actor's write threads (same outputs as writing one character after the other; one
+character's error stays its own) and write_stage=tasks (the actor hands characters over, the
+write tasks write the same files)."""
 from __future__ import annotations
 
 import io
@@ -75,7 +76,7 @@ def _batch(library, n: int) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
 
 
-def _actor(tiny_ckpt, head, run_uri: str, threads: int):
+def _actor(tiny_ckpt, head, run_uri: str, threads: int, write_stage: str = "actor"):
     from dcnn_flame.generation.pipeline import resolve_bank, storage_options
     from dcnn_flame.generation.predictor import ActorSettings, Reconstructor
 
@@ -85,7 +86,7 @@ def _actor(tiny_ckpt, head, run_uri: str, threads: int):
     settings = ActorSettings(
         checkpoint_uri=tiny_ckpt, run_uri=run_uri, run_name="actor", storage=options, bank_names=tuple(names),
         bank_au=tuple(tuple(float(x) for x in r) for r in bank_au), preview=True, preview_size=48, preview_max=4,
-        device="cpu", write_threads=threads)
+        device="cpu", write_threads=threads, write_stage=write_stage)
     return Reconstructor(settings, head)
 
 
@@ -154,12 +155,17 @@ def test_a_write_error_in_a_thread_fails_only_its_character(library, tiny_ckpt, 
         assert os.path.exists(tmp_path / "run" / "characters" / cid / "_SUCCESS")
 
 
-@pytest.mark.parametrize("field, got", [("write_threads", "1, 4, 4, 0, 8"), ("read_threads", "1, 4, 4, 1, 0")])
-def test_job_refuses_zero_threads(tmp_path, field, got):
+@pytest.mark.parametrize("field, value, match", [
+    ("write_threads", 0, "write_batch_size must be >= 1, got 1, 4, 4, 0, 8, 8"),
+    ("read_threads", 0, "write_batch_size must be >= 1, got 1, 4, 4, 1, 0, 8"),
+    ("write_batch_size", 0, "write_batch_size must be >= 1, got 1, 4, 4, 1, 8, 0"),
+    ("write_stage", "driver", "write_stage must be one of actor, tasks, got 'driver'"),
+    ("write_task_cpus", 0.0, "write_task_cpus must be > 0, got 0.0")])
+def test_job_refuses_bad_counts_and_write_settings(tmp_path, field, value, match):
     from dcnn_flame.generation.pipeline import run
 
-    with pytest.raises(ValueError, match=f"read_threads must be >= 1, got {got}"):
-        run(job_config(demo_dir=str(tmp_path), **{field: 0}))
+    with pytest.raises(ValueError, match=match):
+        run(job_config(demo_dir=str(tmp_path), **{field: value}))
     assert not os.listdir(tmp_path)  # refused before any work
 
 
@@ -290,3 +296,99 @@ def test_batched_retarget_and_preview_equal_one_character_at_a_time(library, tin
     actor.writer.preview.max_tiles = 5  # chunks that split a character's tiles give the same tiles
     chunked = actor.writer.preview_tiles(outs, albedos, names)
     assert np.abs(chunked.astype(int) - tiles).max() <= 1
+
+
+def _files(run_uri: str) -> dict[str, bytes]:
+    out = {}
+    for d, _, files in os.walk(run_uri):
+        for f in files:
+            with open(os.path.join(d, f), "rb") as fh:
+                out[os.path.relpath(os.path.join(d, f), run_uri)] = fh.read()
+    return out
+
+
+@pytest.mark.parametrize("task_threads", [1, 2])
+def test_write_tasks_write_what_the_actor_writes(library, tiny_ckpt, head, tmp_path, task_threads):
+    """write_stage=tasks: the actor returns payload rows (failed characters final, their
+    failures table written); write_payloads turns them into the same files, byte for byte, as
+    the actor writing them itself, and the same status rows."""
+    import dataclasses
+
+    from dcnn_flame.generation.handoff import PAYLOAD_SCHEMA, PENDING
+    from dcnn_flame.generation.predictor import STATUS_SCHEMA
+    from dcnn_flame.generation.write_stage import MeshTopology, write_payloads
+
+    batch = _batch(library, 4)
+    direct = _actor(tiny_ckpt, head, str(tmp_path / "direct"), 1)
+    st_direct = direct(batch).to_pandas()
+    actor = _actor(tiny_ckpt, head, str(tmp_path / "tasks"), 1, "tasks")
+    payload = actor(batch)
+    assert payload.schema.equals(PAYLOAD_SCHEMA)
+    p = payload.to_pandas().set_index("character_id")
+    assert p.loc["bad_blank", "status"] == "failed" and p.loc["bad_blank", "reason"] == "no_usable_image"
+    assert (p.drop(index="bad_blank")["status"] == PENDING).all()
+    assert sorted(os.listdir(tmp_path / "tasks")) == ["failures"]  # only the failed character's table so far
+    settings = dataclasses.replace(actor.settings, write_threads=task_threads)
+    # the write task gets a copy of the rows (as from the object store) and the topology only
+    st = write_payloads(pa.Table.from_pylist(payload.to_pylist(), schema=PAYLOAD_SCHEMA), settings,
+                        MeshTopology.of(head), actor.loaded.step)
+    assert st.schema.equals(STATUS_SCHEMA)
+    st = st.to_pandas()
+    cols = ["character_id", "character_key", "status", "num_images", "num_failures", "num_expressions", "reason"]
+    pd.testing.assert_frame_equal(st[cols], st_direct[cols])
+    a, b = _files(str(tmp_path / "direct")), _files(str(tmp_path / "tasks"))
+    assert sorted(a) == sorted(b) and len(a) == 4 * 5 + 1  # 4 characters x (4 files + results), 1 failures
+    for name in a:
+        if name.startswith(("results/", "failures/")):
+            continue
+        assert a[name] == b[name], name  # GLB, PNGs, _SUCCESS: the same bytes
+    for name in a:
+        if name.startswith("results/"):
+            ra, rb = (pd.read_parquet(io.BytesIO(x[name])).drop(columns=_TIMING) for x in (a, b))
+            for col in ("glb_uri", "preview_uri"):  # the same keys under each run's folder
+                ra[col] = ra[col].str.replace(str(tmp_path / "direct"), "<run>")
+                rb[col] = rb[col].str.replace(str(tmp_path / "tasks"), "<run>")
+            pd.testing.assert_frame_equal(rb, ra)
+    fa, fb = (pd.read_parquet(io.BytesIO(x["failures/bad_blank.parquet"])) for x in (a, b))
+    assert fb["reason"].tolist() == fa["reason"].tolist() == ["no_face", "no_usable_image"]
+
+
+def test_a_broken_payload_fails_only_its_character(library, tiny_ckpt, head, tmp_path):
+    from dcnn_flame.generation.handoff import PAYLOAD_SCHEMA
+    from dcnn_flame.generation.write_stage import MeshTopology, write_payloads
+
+    actor = _actor(tiny_ckpt, head, str(tmp_path / "run"), 1, "tasks")
+    rows = actor(_batch(library, 3)).to_pylist()
+    victim = rows[2]["character_id"]
+    rows[2]["arrays"] = rows[2]["arrays"][:100]  # truncated on the way
+    st = write_payloads(pa.Table.from_pylist(rows, schema=PAYLOAD_SCHEMA), actor.settings, MeshTopology.of(head),
+                        actor.loaded.step).to_pandas().set_index("character_id")
+    assert st.loc[victim, "status"] == "failed" and st.loc[victim, "reason"] == "error"
+    assert (st.drop(index=[victim, "bad_blank"])["status"] == "ok").all()
+    fail = pd.read_parquet(tmp_path / "run" / "failures" / f"{victim}.parquet")
+    assert fail["stage"].tolist() == ["write"] and "ends at byte" in fail["detail"].iloc[0]
+    assert not os.path.exists(tmp_path / "run" / "characters" / victim / "_SUCCESS")
+
+
+def test_the_texture_made_on_the_device_is_the_albedo_png(library, tiny_ckpt, head, tmp_path):
+    from dcnn_flame.generation.predictor import decode_crops, reconstruct
+    from dcnn_flame.generation.writers import albedo_png, png_bytes
+
+    actor = _actor(tiny_ckpt, head, str(tmp_path / "run"), 1)
+    rows = [r for r in _batch(library, 2).to_pylist() if r["images"]]
+    recs = reconstruct(actor.loaded, torch.stack([decode_crops(r["images"], actor.image_size) for r in rows]))
+    for rec in recs:
+        assert rec.texture.dtype == np.uint8 and rec.texture.shape == (*rec.albedo.shape[1:], 3)
+        assert png_bytes(rec.texture) == albedo_png(rec.albedo)
+        naive = np.round(np.clip(rec.albedo.permute(1, 2, 0).numpy().astype(np.float64), 0, 1) * 255.0)
+        assert np.abs(naive - rec.texture).max() <= 1
+
+
+def test_write_room_problem_names_the_numbers():
+    from dcnn_flame.generation.pipeline import write_room_problem
+
+    cfg = job_config(write_stage="tasks", num_actors=2, num_cpus_per_actor=1.0, write_task_cpus=1.0)
+    assert write_room_problem(cfg, 3.0) is None
+    msg = write_room_problem(cfg, 2.0)
+    assert "the cluster has 2, num_actors x num_cpus_per_actor = 2 x 1 hold 2" in msg
+    assert write_room_problem(job_config(write_stage="tasks", num_actors=2, write_task_cpus=0.5), 2.5) is None

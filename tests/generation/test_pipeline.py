@@ -299,10 +299,12 @@ def test_s3_output_and_query(ray_local, library, tiny_ckpt, s3_bucket):
     assert listing() == objs
 
 
-def test_killed_worker_outputs_exactly_once(ray_local, library, tiny_ckpt, tmp_path):
-    """SIGKILL the reconstruction actor after it wrote a character's files but before its
-    _SUCCESS: Ray restarts the actor and retries the batch; every output exists exactly once.
-    With two write threads: the batch's other character is being written meanwhile."""
+@pytest.mark.parametrize("write_stage", ["actor", "tasks"])
+def test_killed_worker_outputs_exactly_once(ray_local, library, tiny_ckpt, tmp_path, write_stage):
+    """SIGKILL the process writing a character after it wrote the character's files but before
+    its _SUCCESS (write_stage=actor: the reconstruction actor, which Ray restarts, retrying the
+    batch; tasks: a write task, which Ray retries): every output exists exactly once. With two
+    write threads: the batch's other character is being written meanwhile."""
     import shutil
 
     import pandas as pd
@@ -317,7 +319,8 @@ def test_killed_worker_outputs_exactly_once(ray_local, library, tiny_ckpt, tmp_p
     fault = tmp_path / "fault"
     fault.mkdir()
     cfg = job_config(input_uri=str(lib), checkpoint=tiny_ckpt, output_uri=str(tmp_path / "out"), name="kill",
-                     fault_injection=str(fault), batch_size=2, decode_batch_size=2, write_threads=2)
+                     fault_injection=str(fault), batch_size=2, decode_batch_size=2, write_threads=2,
+                     write_stage=write_stage, write_batch_size=2)
     result: dict = {}
 
     def target():
@@ -349,3 +352,39 @@ def test_killed_worker_outputs_exactly_once(ray_local, library, tiny_ckpt, tmp_p
     assert sorted(os.listdir(run_dir / "results")) == sorted(f"{c}.parquet" for c in chars)
     df = pd.read_parquet(run_dir / "results")
     assert len(df) == len(chars) * (len(BANK) + 1) and not df.duplicated(["character_id", "expression"]).any()
+
+
+def test_write_tasks_to_s3_then_a_rerun_with_the_actor_stage_skips(ray_local, library, tiny_ckpt, s3_bucket,
+                                                                   tmp_path):
+    """write_stage=tasks writing to the S3 server (the tasks get the driver's filesystem); the
+    write stage is not part of the run's identity: a rerun with write_stage=actor skips all."""
+    import shutil
+
+    import boto3
+    import pandas as pd
+
+    from dcnn_flame.generation.pipeline import run
+
+    root, good, _ = library
+    lib = tmp_path / "lib"
+    chars = good[:5]
+    for cid in chars:
+        shutil.copytree(os.path.join(root, cid), lib / cid)
+    bucket, opts = s3_bucket
+    out = f"{bucket}/tasks"
+    cfg = job_config(input_uri=str(lib), checkpoint=tiny_ckpt, output_uri=out, name="t", write_stage="tasks",
+                     write_batch_size=2, batch_size=4)
+    cfg.storage.endpoint_url = opts.endpoint_url
+    s = run(cfg)
+    assert (s.completed, s.failed) == (len(chars), 0)
+    client = boto3.client("s3", endpoint_url=opts.endpoint_url, region_name="us-east-1")
+    objs = {o["Key"]: o["ETag"] for o in client.list_objects_v2(Bucket=bucket[len("s3://"):],
+                                                                 Prefix="tasks/")["Contents"]}
+    expected = {"tasks/t/_RUN.json"} | {f"tasks/t/results/{c}.parquet" for c in chars}
+    expected |= {f"tasks/t/characters/{c}/{f}" for c in chars for f in CHAR_FILES}
+    assert set(objs) == expected
+    fs, path = storage.get_fs(f"{out}/t/results", opts)
+    assert len(pd.read_parquet(path, filesystem=fs)) == len(chars) * (len(BANK) + 1)
+    cfg.write_stage = "actor"
+    s2 = run(cfg)
+    assert (s2.skipped, s2.completed) == (len(chars), 0)
