@@ -11,8 +11,9 @@ Arrays travel as one binary blob per character plus a small JSON index of
 ``[name, dtype, shape, offset, nbytes]`` (:func:`pack_arrays`; offsets 8-byte aligned), so
 the row is a handful of columns whatever the model's sizes are. Nothing is rounded: float32
 stays float32 bit for bit, so a character written by a task is the same file as one written by
-the actor (tested). About 1.5 MB per character with 9 expressions and 160 px preview tiles
-(meshes 0.6 MB, tiles 0.8 MB, texture 0.2 MB).
+the actor (tested). 1.43 MB per character with 9 expressions, 160 px preview tiles and the
+demo model (tiles 0.77 MB, meshes 0.61 MB, its 128 px texture 0.05 MB; the paper model's 256 px
+texture is 0.2 MB).
 """
 from __future__ import annotations
 
