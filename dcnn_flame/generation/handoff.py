@@ -44,7 +44,7 @@ PAYLOAD_SCHEMA = pa.schema(list(STATUS_SCHEMA) + [
 _ALIGN = 8
 
 
-def pack_arrays(arrays: dict[str, np.ndarray]) -> tuple[str, bytes]:
+def pack_arrays(arrays: dict[str, np.ndarray]) -> tuple[str, bytearray]:
     """Named arrays -> (JSON index, one blob); each array's bytes start 8-byte aligned."""
     index, offset = [], 0
     arrays = {k: np.asarray(a, order="C") for k, a in arrays.items()}  # (ascontiguousarray makes 0-d 1-d)

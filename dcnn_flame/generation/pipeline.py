@@ -216,11 +216,10 @@ def write_room_problem(cfg: "GenerateConfig", cluster_cpus: float) -> Optional[s
 
 def _checkpoint_head(ckpt_config: dict):
     """The head model a checkpoint was trained with (its flame config), loaded on the driver."""
-    from dcnn_flame.config import FlameConfig
     from dcnn_flame.flame.factory import load_flame_data
+    from dcnn_flame.generation.predictor import checkpoint_flame_config
 
-    known = set(FlameConfig.__dataclass_fields__)
-    return load_flame_data(FlameConfig(**{k: v for k, v in (ckpt_config.get("flame") or {}).items() if k in known}))
+    return load_flame_data(checkpoint_flame_config(ckpt_config))
 
 
 def run(cfg: "GenerateConfig") -> GenerateSummary:

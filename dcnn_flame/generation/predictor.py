@@ -119,6 +119,14 @@ class LoadedModel:
     config: dict = field(default_factory=dict)
 
 
+def checkpoint_flame_config(config: dict):
+    """The FlameConfig of a checkpoint's training config (keys this version does not know are dropped)."""
+    from dcnn_flame.config import FlameConfig
+
+    known = set(FlameConfig.__dataclass_fields__)
+    return FlameConfig(**{k: v for k, v in (config.get("flame") or {}).items() if k in known})
+
+
 def load_model(checkpoint_uri: str, options: Optional[StorageOptions] = None, flame_data: Any = None,
                teachers_path: Optional[str] = None, fs: Any = None) -> LoadedModel:
     """Rebuild DCNN-FLAME from a checkpoint (training.checkpoint's loader) and its AU detector.
@@ -128,7 +136,6 @@ def load_model(checkpoint_uri: str, options: Optional[StorageOptions] = None, fl
         flame_data: the head model (None = built from the checkpoint's flame config).
         teachers_path: AU detector file; None = the checkpoint's ``supervision.teachers_path``.
     """
-    from dcnn_flame.config import FlameConfig
     from dcnn_flame.flame.factory import load_flame_data
     from dcnn_flame.model.build import build_model
     from dcnn_flame.model.config import ModelConfig
@@ -137,8 +144,7 @@ def load_model(checkpoint_uri: str, options: Optional[StorageOptions] = None, fl
     state, config, step = load_checkpoint_for_inference(checkpoint_uri, options, fs)
     known = {f for f in ModelConfig.__dataclass_fields__}
     model_cfg = ModelConfig(**{k: v for k, v in (config.get("model") or {}).items() if k in known})
-    fknown = {f for f in FlameConfig.__dataclass_fields__}
-    flame_cfg = FlameConfig(**{k: v for k, v in (config.get("flame") or {}).items() if k in fknown})
+    flame_cfg = checkpoint_flame_config(config)
     data = flame_data if flame_data is not None else load_flame_data(flame_cfg)
     model = build_model(flame_cfg, model_cfg, data)
     missing, unexpected = model.load_state_dict(state, strict=False)

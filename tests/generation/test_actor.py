@@ -392,3 +392,16 @@ def test_write_room_problem_names_the_numbers():
     msg = write_room_problem(cfg, 2.0)
     assert "the cluster has 2, num_actors x num_cpus_per_actor = 2 x 1 hold 2" in msg
     assert write_room_problem(job_config(write_stage="tasks", num_actors=2, write_task_cpus=0.5), 2.5) is None
+
+
+def test_write_tasks_topology_from_the_checkpoint_config(head):
+    """Without a head model on the driver, the write tasks' faces/UVs come from the checkpoint's
+    own flame config (unknown keys of another version dropped)."""
+    from dcnn_flame.generation.pipeline import _checkpoint_head
+    from dcnn_flame.generation.write_stage import MeshTopology
+
+    topo = MeshTopology.of(_checkpoint_head({"flame": {"procedural_seed": 0, "from_a_newer_version": 1}}))
+    ref = MeshTopology.of(head)
+    np.testing.assert_array_equal(topo.faces, ref.faces)
+    np.testing.assert_array_equal(topo.uv_faces, ref.uv_faces)
+    np.testing.assert_array_equal(topo.uv_coords, ref.uv_coords)
