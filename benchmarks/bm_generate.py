@@ -116,16 +116,15 @@ def bench_decode(cfg, manifest: str, images: int) -> dict:
     return {"images": len(uris), "ok": ok, "wall_s": time.perf_counter() - t}
 
 
-def bench_actor(cfg, checkpoint: str, manifest_ids: list[str], manifest: str, characters: int, batch: int,
-                workdir: str) -> dict:
-    """One Reconstructor on preprocessed rows (decode/align done beforehand, untimed)."""
+def build_actor(cfg, checkpoint: str, manifest_ids: list[str], manifest: str, characters: int, workdir: str):
+    """A Reconstructor (no Ray) and ``characters`` preprocessed rows (decode/align done here,
+    once per distinct image list) -> (actor, rows, settings)."""
     import pandas as pd
-    import pyarrow as pa
 
     import dcnn_flame
     from dcnn_flame.generation.pipeline import decode_settings, resolve_bank, storage_options
     from dcnn_flame.generation.predictor import ActorSettings, Reconstructor
-    from dcnn_flame.generation.preprocess import OUTPUT_SCHEMA, preprocess_character
+    from dcnn_flame.generation.preprocess import preprocess_character
     from dcnn_flame.io import storage
 
     options = storage_options(cfg)
@@ -148,7 +147,17 @@ def bench_actor(cfg, checkpoint: str, manifest_ids: list[str], manifest: str, ch
         device=cfg.device, bf16=cfg.bf16, write_obj=cfg.write_obj, preview=cfg.preview,
         preview_size=cfg.preview_size, bake_detail=cfg.bake_detail, model_version=dcnn_flame.__version__,
         write_threads=cfg.write_threads, write_stage=cfg.write_stage)
-    actor = Reconstructor(settings)
+    return Reconstructor(settings), rows, settings
+
+
+def bench_actor(cfg, checkpoint: str, manifest_ids: list[str], manifest: str, characters: int, batch: int,
+                workdir: str) -> dict:
+    """One Reconstructor on preprocessed rows (decode/align done beforehand, untimed)."""
+    import pyarrow as pa
+
+    from dcnn_flame.generation.preprocess import OUTPUT_SCHEMA
+
+    actor, rows, settings = build_actor(cfg, checkpoint, manifest_ids, manifest, characters, workdir)
     batches = [pa.Table.from_pylist(rows[i:i + batch], schema=OUTPUT_SCHEMA) for i in range(0, len(rows), batch)]
     actor(batches[0])  # warm-up (lazy initialisation, cuDNN autotuning), untimed
     t = time.perf_counter()
@@ -167,7 +176,7 @@ def bench_actor(cfg, checkpoint: str, manifest_ids: list[str], manifest: str, ch
     ok = int((st["status"] == "ok").sum())
     return {"characters": len(rows), "ok": ok, "images": int(st["num_images"].sum()), "wall_s": wall,
             "write_s": write_s, "reconstruct_ms": float(st["reconstruct_ms"].mean()),
-            "write_ms": float(st["write_ms"].mean()), "expressions": len(names), "load_s": actor.load_s}
+            "write_ms": float(st["write_ms"].mean()), "expressions": len(settings.bank_names), "load_s": actor.load_s}
 
 
 def _cpu_times() -> Optional[tuple[float, float]]:

@@ -18,6 +18,7 @@ texture is 0.2 MB).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -44,20 +45,76 @@ PAYLOAD_SCHEMA = pa.schema(list(STATUS_SCHEMA) + [
 _ALIGN = 8
 
 
-def pack_arrays(arrays: dict[str, np.ndarray]) -> tuple[str, bytearray]:
-    """Named arrays -> (JSON index, one blob); each array's bytes start 8-byte aligned."""
-    index, offset = [], 0
-    arrays = {k: np.asarray(a, order="C") for k, a in arrays.items()}  # (ascontiguousarray makes 0-d 1-d)
+@dataclass
+class PackedArrays:
+    """Named arrays laid out for one blob (:func:`layout_arrays`), not copied yet: ``index`` is
+    the JSON index, ``parts`` the (offset, C-contiguous array) pairs, ``nbytes`` the blob's size.
+    :func:`payload_table` copies them straight into the Arrow column's buffer."""
+
+    index: str
+    parts: list
+    nbytes: int
+
+    def into(self, buf: np.ndarray) -> None:
+        """Copy the arrays into ``buf`` (uint8, ``nbytes`` long); alignment gaps become zeros."""
+        end = 0
+        for off, a in self.parts:
+            buf[end:off] = 0
+            buf[off:off + a.nbytes] = a.reshape(-1).view(np.uint8)
+            end = off + a.nbytes
+        buf[end:self.nbytes] = 0
+
+
+def layout_arrays(arrays: dict[str, np.ndarray]) -> PackedArrays:
+    """Named arrays -> their :class:`PackedArrays` layout (each array's bytes 8-byte aligned)."""
+    index, parts, offset = [], [], 0
     for name, a in arrays.items():
+        a = np.asarray(a, order="C")  # (ascontiguousarray makes 0-d arrays 1-d)
         if a.dtype.hasobject:
             raise TypeError(f"array {name!r} has dtype {a.dtype}; only numeric arrays can be packed")
         offset += (-offset) % _ALIGN
         index.append([name, a.dtype.str, list(a.shape), offset, int(a.nbytes)])
+        parts.append((offset, a))
         offset += a.nbytes
-    blob = bytearray(offset)
-    for (name, _, _, off, nbytes), a in zip(index, arrays.values()):
-        blob[off:off + nbytes] = a.reshape(-1).view(np.uint8).data
-    return json.dumps(index), blob  # a bytearray: Arrow copies it once into the column
+    # The blob's size rounded up to 8 too, so that blobs laid end to end (payload_table) keep
+    # every array aligned.
+    return PackedArrays(json.dumps(index), parts, offset + (-offset) % _ALIGN)
+
+
+def pack_arrays(arrays: dict[str, np.ndarray]) -> tuple[str, bytearray]:
+    """Named arrays -> (JSON index, one blob); each array's bytes start 8-byte aligned and the
+    blob's length is a multiple of 8 (zeros in the gaps)."""
+    packed = layout_arrays(arrays)
+    blob = bytearray(packed.nbytes)
+    packed.into(np.frombuffer(blob, dtype=np.uint8))
+    return packed.index, blob
+
+
+def payload_table(rows: Sequence[dict]) -> pa.Table:
+    """:data:`PAYLOAD_SCHEMA` rows whose ``arrays`` is a :class:`PackedArrays`, bytes or None ->
+    a table. The ``arrays`` column is built in one buffer with one copy of each array (a row
+    list through ``Table.from_pylist`` would copy every blob once more, each into fresh memory:
+    on the H200 machine packing and that copy cost 3 ms per character)."""
+    n = len(rows)
+    blobs = [r.get("arrays") for r in rows]
+    sizes = np.array([0 if b is None else (b.nbytes if isinstance(b, PackedArrays) else len(b)) for b in blobs],
+                     dtype=np.int64)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    data = np.empty(int(offsets[-1]), dtype=np.uint8)
+    for b, lo, hi in zip(blobs, offsets[:-1], offsets[1:]):
+        if isinstance(b, PackedArrays):
+            b.into(data[lo:hi])
+        elif b is not None:
+            data[lo:hi] = np.frombuffer(b, dtype=np.uint8)
+    valid = pa.array([b is not None for b in blobs], type=pa.bool_())
+    nulls = n - int(sum(b is not None for b in blobs))
+    column = pa.LargeBinaryArray.from_buffers(pa.large_binary(), n, [valid.buffers()[1] if nulls else None,
+                                                                     pa.py_buffer(offsets), pa.py_buffer(data)],
+                                              null_count=nulls)
+    rest = pa.schema([f for f in PAYLOAD_SCHEMA if f.name != "arrays"])
+    table = pa.Table.from_pylist([{k: v for k, v in r.items() if k != "arrays"} for r in rows], schema=rest)
+    return table.append_column(PAYLOAD_SCHEMA.field("arrays"), column)
 
 
 def unpack_arrays(index: str, blob: bytes, copy: bool = True) -> dict[str, np.ndarray]:
@@ -77,7 +134,8 @@ def unpack_arrays(index: str, blob: bytes, copy: bool = True) -> dict[str, np.nd
 def pack_character(row: dict, rec: Any, names: Sequence[str], au: torch.Tensor, out: Any,
                    tiles: Optional[np.ndarray], reconstruct_ms: float, retarget_ms: float,
                    tiles_ms: float) -> dict:
-    """A :data:`PAYLOAD_SCHEMA` row of one character ready to write.
+    """A :data:`PAYLOAD_SCHEMA` row of one character ready to write; its ``arrays`` is a
+    :class:`PackedArrays` (copied into the table by :func:`payload_table`).
 
     Args:
         row: the decode stage's row (character_id, character_key, images, failures, decode_ms).
@@ -96,14 +154,14 @@ def pack_character(row: dict, rec: Any, names: Sequence[str], au: torch.Tensor, 
     arrays["texture"] = rec.texture
     if tiles is not None:
         arrays["tiles"] = tiles
-    index, blob = pack_arrays({k: (v.detach().float().cpu().numpy() if isinstance(v, torch.Tensor)
-                                   and v.dtype != torch.uint8 else np.asarray(v)) for k, v in arrays.items()})
+    packed = layout_arrays({k: (v.detach().float().cpu().numpy() if isinstance(v, torch.Tensor)
+                                and v.dtype != torch.uint8 else np.asarray(v)) for k, v in arrays.items()})
     return {"character_id": row["character_id"], "character_key": row["character_key"], "status": PENDING,
             "num_images": len(row["images"]), "num_failures": len(json.loads(row.get("failures") or "[]")),
             "num_expressions": len(names), "reason": None, "reconstruct_ms": float(reconstruct_ms),
             "write_ms": 0.0, "failures": row.get("failures") or "[]",
             "decode_ms": float(row.get("decode_ms") or 0.0), "retarget_ms": float(retarget_ms),
-            "tiles_ms": float(tiles_ms), "names": list(names), "arrays_index": index, "arrays": blob}
+            "tiles_ms": float(tiles_ms), "names": list(names), "arrays_index": packed.index, "arrays": packed}
 
 
 def unpack_character(payload: dict) -> dict:

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from dcnn_flame.generation.schema import STATUS_SCHEMA  # noqa: F401 - re-exported (the actor's rows)
+from dcnn_flame.generation.transfer import to_host
 from dcnn_flame.io.storage import StorageOptions
 
 
@@ -189,10 +190,12 @@ def decode_crops(crops: list[bytes], size: int) -> torch.Tensor:
 
 @dataclass
 class Reconstruction:
-    """One character's reconstruction (CPU tensors).
+    """One character's reconstruction (CPU tensors, but for ``albedo``).
 
     Attributes:
-        shape: [S]; expression: [V, E]; pose: [V, 15]; albedo: [3, Ht, Wt] (view mean);
+        shape: [S]; expression: [V, E]; pose: [V, 15];
+        albedo: [3, Ht, Wt] (view mean) on the model's device (the preview renderer's input:
+        on a GPU it stays there; what is written is ``texture``);
         detail_code: [D] (view mean) or None; au: [V, 17] (NaN without a detector);
         texture: [Ht, Wt, 3] uint8, the albedo as written (albedo.png, the GLB's texture), made on
         the device with the rest of the batch; None = made from ``albedo`` when written.
@@ -224,17 +227,21 @@ def reconstruct(loaded: LoadedModel, images: torch.Tensor, bf16: bool = False) -
             au = flat.new_full((B * V, 17), float("nan"))
     from dcnn_flame.generation.writers import albedo_u8
 
-    albedo = out.albedo.float().reshape(B, V, *out.albedo.shape[1:]).mean(1)  # [B, 3, Ht, Wt]
-    texture = albedo_u8(albedo).cpu().numpy()  # one transfer for the batch
-    albedo = albedo.cpu()
+    albedo = out.albedo.float().reshape(B, V, *out.albedo.shape[1:]).mean(1)  # [B, 3, Ht, Wt], stays
+    # One transfer per output for the whole batch (per-character .cpu() calls cost a device
+    # synchronisation each), then per-character views.
+    tensors = [albedo_u8(albedo), out.shape.float(), out.expression.float(), out.pose.float(), au.float()]
+    if out.detail_code is not None:
+        tensors.append(out.detail_code.float().reshape(B, V, -1).mean(1))  # [B, D]
+    texture, shape, expression, pose, au, *rest = to_host(*tensors)
+    texture = texture.numpy()
+    detail = rest[0] if rest else None
     res = []
     for b in range(B):
         sl = slice(b * V, (b + 1) * V)
         res.append(Reconstruction(
-            shape=out.shape[b].float().cpu(), expression=out.expression[sl].float().cpu(),
-            pose=out.pose[sl].float().cpu(), albedo=albedo[b],
-            detail_code=None if out.detail_code is None else out.detail_code[sl].float().mean(0).cpu(),
-            au=au[sl].float().cpu(), texture=texture[b]))
+            shape=shape[b], expression=expression[sl], pose=pose[sl], albedo=albedo[b],
+            detail_code=None if detail is None else detail[b], au=au[sl], texture=texture[b]))
     return res
 
 
@@ -316,6 +323,12 @@ class Reconstructor:
             self._expr_cache = (names, au, expression, jaw)
         return self._expr_cache
 
+    def _autocast(self):
+        """bf16 autocast on a CUDA actor with ``bf16`` set (as :func:`reconstruct`), else nothing."""
+        if self.settings.bf16 and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def _retarget_many(self, recs: list[Reconstruction]) -> tuple[list[str], torch.Tensor, Any]:
         """All expressions of B characters in one pass: names, AU rows [K, 17], and a batched
         RetargetOutput on the actor's device (vertices [B, K, V, 3], neutral [B, V, 3])."""
@@ -330,14 +343,18 @@ class Reconstructor:
                 e_all = torch.cat([expression.new_zeros(1, expression.shape[1]), expression])
                 j_all = torch.cat([jaw.new_zeros(1, 3), jaw])
                 B = len(recs)
-                disp = dec(codes.repeat_interleave(K + 1, dim=0), e_all.repeat(B, 1), j_all.repeat(B, 1)).float()
+                # Under the forward pass's autocast: B x (K + 1) maps at the decoder's full
+                # resolution are the largest device work of a batch (bf16 halves its memory traffic).
+                with self._autocast():
+                    disp = dec(codes.repeat_interleave(K + 1, dim=0), e_all.repeat(B, 1), j_all.repeat(B, 1))
+                disp = disp.float()
                 disp = disp.reshape(B, K + 1, *disp.shape[1:])
             out = self.retargeter.meshes_many(shapes, expression, jaw, disp)
         return names, au, out
 
     # ------------------------------------------------------------------ batch
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from dcnn_flame.generation.handoff import PAYLOAD_SCHEMA, pack_character
+        from dcnn_flame.generation.handoff import pack_character, payload_table
         from dcnn_flame.generation.write_stage import fail_character, finish_character, maybe_block
 
         handoff = self.settings.write_stage == "tasks"
@@ -410,16 +427,17 @@ class Reconstructor:
                         status[i] = fut.result()
                     except Exception as exc:  # noqa: BLE001 - finish_character reports its own errors
                         status[i] = fail(i, "write", "error", f"{type(exc).__name__}: {exc}")
-        return pa.Table.from_pylist(status, schema=PAYLOAD_SCHEMA if handoff else STATUS_SCHEMA)
+        return payload_table(status) if handoff else pa.Table.from_pylist(status, schema=STATUS_SCHEMA)
 
 
 def _to_cpu(out: Any) -> Any:
-    """A batched RetargetOutput moved to the CPU in one transfer per tensor."""
+    """A batched RetargetOutput moved to the CPU (:func:`.transfer.to_host`), without its
+    displacement maps: they are baked into the vertices already and no writer reads them."""
     from dcnn_flame.generation.retarget import RetargetOutput
 
-    return RetargetOutput(expression=out.expression.float().cpu(), pose=out.pose.float().cpu(),
-                          vertices=out.vertices.float().cpu(), neutral=out.neutral.float().cpu(),
-                          displacement=None if out.displacement is None else out.displacement.float().cpu())
+    expression, pose, vertices, neutral = to_host(out.expression.float(), out.pose.float(), out.vertices.float(),
+                                                  out.neutral.float())
+    return RetargetOutput(expression=expression, pose=pose, vertices=vertices, neutral=neutral, displacement=None)
 
 
 def _character_output(out: Any, b: int) -> Any:

@@ -178,7 +178,9 @@ class PreviewRenderer:
                 bg = torch.full((n, 3, self.size, self.size), 0.18, device=self.device)
                 out = self.renderer(flat[i:i + n], cam[i:i + n], tex[i:i + n], self.sh.expand(n, 27), background=bg)
                 tiles.append((out.image.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1))
-        return torch.cat(tiles).cpu().numpy().reshape(B, K, self.size, self.size, 3)
+        from dcnn_flame.generation.transfer import to_host
+
+        return to_host(torch.cat(tiles))[0].numpy().reshape(B, K, self.size, self.size, 3)
 
 
 class CharacterWriter:

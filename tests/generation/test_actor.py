@@ -380,7 +380,7 @@ def test_the_texture_made_on_the_device_is_the_albedo_png(library, tiny_ckpt, he
     for rec in recs:
         assert rec.texture.dtype == np.uint8 and rec.texture.shape == (*rec.albedo.shape[1:], 3)
         assert png_bytes(rec.texture) == albedo_png(rec.albedo)
-        naive = np.round(np.clip(rec.albedo.permute(1, 2, 0).numpy().astype(np.float64), 0, 1) * 255.0)
+        naive = np.round(np.clip(rec.albedo.cpu().permute(1, 2, 0).numpy().astype(np.float64), 0, 1) * 255.0)
         assert np.abs(naive - rec.texture).max() <= 1
 
 
