@@ -343,8 +343,8 @@ class Reconstructor:
                 e_all = torch.cat([expression.new_zeros(1, expression.shape[1]), expression])
                 j_all = torch.cat([jaw.new_zeros(1, 3), jaw])
                 B = len(recs)
-                # Under the forward pass's autocast: B x (K + 1) maps at the decoder's full
-                # resolution are the largest device work of a batch (bf16 halves its memory traffic).
+                # B x (K + 1) maps under the forward pass's autocast (this ran in float32 while
+                # the forward ran in bf16).
                 with self._autocast():
                     disp = dec(codes.repeat_interleave(K + 1, dim=0), e_all.repeat(B, 1), j_all.repeat(B, 1))
                 disp = disp.float()

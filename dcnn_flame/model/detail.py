@@ -65,9 +65,10 @@ class DetailDecoder(nn.Module):
         x = self.fc(torch.cat([sigma, expression, jaw_pose], dim=1))
         x = F.leaky_relu(x, 0.2).view(-1, self.width, 4, 4)
         if x.is_cuda:
-            # CUDA's NCHW bilinear upsampling runs one thread per output pixel and loops over
-            # N x C: with many maps (the generation actor decodes B x (K + 1) at once) its small
-            # levels ran ~40x below memory bandwidth on an H200. The channels-last kernel runs one
-            # thread per output element (same formula), and cuDNN takes channels-last convs.
+            # PyTorch's CUDA bilinear upsampling of NCHW tensors runs one thread per output
+            # pixel looping over N x C: with many maps (the generation actor decodes B x (K + 1)
+            # at once) the upsamplings took 0.74 ms of an H200's time per character, 95 ms per
+            # batch for a few hundred MB of activations. Its channels-last kernel runs one thread
+            # per output element (same formula), and cuDNN takes channels-last convs.
             x = x.contiguous(memory_format=torch.channels_last)
         return self.max_displacement * torch.tanh(self.out(self.blocks(x)))
