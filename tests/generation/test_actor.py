@@ -353,6 +353,32 @@ def test_write_tasks_write_what_the_actor_writes(library, tiny_ckpt, head, tmp_p
     assert fb["reason"].tolist() == fa["reason"].tolist() == ["no_face", "no_usable_image"]
 
 
+def test_write_tasks_reuse_their_process_writer_only_for_equal_arguments(head, tmp_path):
+    """A worker process keeps its CharacterWriter across write tasks with the same settings,
+    step and topology; any difference (an output switch, the run, the step, the faces) gets
+    another; only the newest few are kept."""
+    import dataclasses
+
+    from dcnn_flame.generation import write_stage as ws
+    from dcnn_flame.generation.predictor import ActorSettings
+    from dcnn_flame.io.storage import StorageOptions
+
+    ws._WRITERS.clear()
+    s = ActorSettings(checkpoint_uri="ck", run_uri=str(tmp_path / "a"), run_name="a", storage=StorageOptions(),
+                      bank_names=("joy",), bank_au=((0.0,) * 17,), preview=True, preview_size=48, device="cpu")
+    topo = ws.MeshTopology.of(head)
+    w = ws._writer(s, topo, 3)
+    assert ws._writer(dataclasses.replace(s), ws.MeshTopology.of(head), 3) is w  # equal, not identical, args
+    others = [ws._writer(dataclasses.replace(s, preview=False), topo, 3),
+              ws._writer(dataclasses.replace(s, run_uri=str(tmp_path / "b")), topo, 3),
+              ws._writer(s, topo, 4),
+              ws._writer(s, dataclasses.replace(topo, faces=topo.faces[::-1].copy()), 3)]
+    assert all(o is not w for o in others) and len({id(o) for o in others}) == 4
+    assert not others[0].previews and w.previews and others[2].step == 4
+    assert len(ws._WRITERS) == ws._WRITERS_KEPT and ws._writer(s, topo, 3) is not w  # the oldest was dropped
+    ws._WRITERS.clear()
+
+
 def test_a_broken_payload_fails_only_its_character(library, tiny_ckpt, head, tmp_path):
     from dcnn_flame.generation.handoff import PAYLOAD_SCHEMA
     from dcnn_flame.generation.write_stage import MeshTopology, write_payloads
