@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -267,8 +268,12 @@ class Reconstructor:
         self.settings = s = settings
         self.device = _device(s.device)
         t0 = time.perf_counter()
-        self.loaded = load_model(s.checkpoint_uri, s.storage, flame_data, s.teachers_path,
-                                 s.fs if s.checkpoint_uri.split('://')[0] == s.run_uri.split('://')[0] else None)
+        with warnings.catch_warnings():
+            # The head model shipped by the driver arrives through Ray's object store as read-only
+            # numpy arrays; the model only reads them (torch warns once per process otherwise).
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            self.loaded = load_model(s.checkpoint_uri, s.storage, flame_data, s.teachers_path,
+                                     s.fs if s.checkpoint_uri.split('://')[0] == s.run_uri.split('://')[0] else None)
         self.loaded.model.to(self.device)
         if self.loaded.au_net is not None:
             self.loaded.au_net.to(self.device)
