@@ -211,13 +211,18 @@ class Reconstruction:
     texture: Optional[np.ndarray] = None
 
 
+def bf16_autocast(bf16: bool, device: torch.device):
+    """bf16 autocast when ``bf16`` is set and ``device`` is CUDA, else a context that does nothing."""
+    if bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def reconstruct(loaded: LoadedModel, images: torch.Tensor, bf16: bool = False) -> list[Reconstruction]:
     """images [B, V, 3, H, W] in [0, 1] (V views of each of B characters) -> B reconstructions."""
     B, V = images.shape[:2]
     flat = images.reshape(B * V, *images.shape[2:])
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and images.device.type == "cuda"
-                else contextlib.nullcontext())
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), bf16_autocast(bf16, images.device):
         out = loaded.model(images, render=False)
         if loaded.au_net is not None:
             s = loaded.au_size
@@ -328,12 +333,6 @@ class Reconstructor:
             self._expr_cache = (names, au, expression, jaw)
         return self._expr_cache
 
-    def _autocast(self):
-        """bf16 autocast on a CUDA actor with ``bf16`` set (as :func:`reconstruct`), else nothing."""
-        if self.settings.bf16 and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def _retarget_many(self, recs: list[Reconstruction]) -> tuple[list[str], torch.Tensor, Any]:
         """All expressions of B characters in one pass: names, AU rows [K, 17], and a batched
         RetargetOutput on the actor's device (vertices [B, K, V, 3], neutral [B, V, 3])."""
@@ -350,7 +349,7 @@ class Reconstructor:
                 B = len(recs)
                 # B x (K + 1) maps under the forward pass's autocast (this ran in float32 while
                 # the forward ran in bf16).
-                with self._autocast():
+                with bf16_autocast(self.settings.bf16, self.device):
                     disp = dec(codes.repeat_interleave(K + 1, dim=0), e_all.repeat(B, 1), j_all.repeat(B, 1))
                 disp = disp.float()
                 disp = disp.reshape(B, K + 1, *disp.shape[1:])
