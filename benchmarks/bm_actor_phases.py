@@ -7,7 +7,9 @@ One :class:`~dcnn_flame.generation.predictor.Reconstructor` without Ray, on ``--
 preprocessed characters (the actor's steps replayed one by one, the device synchronised after
 each so that each line is that step's own wall time), in ms per character:
 
-- decode crops: the raw crops -> float tensors (CPU); h2d: onto the device;
+- crops to the device: the raw 8-bit crops joined, copied to the device and converted to float
+  there (:func:`~dcnn_flame.generation.predictor.decode_crops`; before the 14th session two
+  lines: "decode crops" on the CPU, then "h2d" of the float tensors);
 - reconstruct: the network forward and the batch's outputs copied to the host
   (:func:`~dcnn_flame.generation.predictor.reconstruct`);
 - retarget: every expression's mesh on the device (head model + detail decoder + baking);
@@ -59,9 +61,9 @@ def phases(actor, batch, device: torch.device) -> dict[str, float]:
 
     T: dict[str, float] = {}
     rows = batch.to_pylist()
-    T["decode crops"], imgs = _timed(device, lambda: torch.stack(
-        [decode_crops(r["images"], actor.image_size) for r in rows]))
-    T["h2d"], imgs = _timed(device, lambda: imgs.to(device))
+    n, size = len(rows[0]["images"]), actor.image_size  # the benchmark's characters have as many images each
+    T["crops to the device"], imgs = _timed(device, lambda: decode_crops(
+        [c for r in rows for c in r["images"]], size, device).view(len(rows), n, 3, size, size))
     T["reconstruct"], recs = _timed(device, lambda: reconstruct(actor.loaded, imgs, actor.settings.bf16))
     T["retarget"], (names, au, out) = _timed(device, lambda: actor._retarget_many(recs))
     T["retarget to host"], outs = _timed(device, lambda: _split_outputs(_to_cpu(out), len(recs)))

@@ -167,13 +167,19 @@ def load_model(checkpoint_uri: str, options: Optional[StorageOptions] = None, fl
                        config=config)
 
 
-def decode_crops(crops: list[bytes], size: int) -> torch.Tensor:
-    """Raw crops of the decode stage -> [N, 3, size, size] float in [0, 1].
+def decode_crops(crops: list[bytes], size: int, device: Any = None) -> torch.Tensor:
+    """Raw crops of the decode stage -> [N, 3, size, size] float in [0, 1] on ``device``.
+
+    The crops go to the device as 8-bit pixels (a quarter of the float32 bytes; on CUDA from
+    pinned memory, without a synchronisation) and are converted there, and resized when
+    ``size`` differs from CROP_SIZE: the actor's CPU, which also writes the outputs, does not
+    spend time on the conversion. On the CPU the result is what it always was.
 
     Args:
         crops: N raw RGB crops, each :data:`~dcnn_flame.generation.preprocess.CROP_BYTES` bytes
             ([CROP_SIZE, CROP_SIZE, 3] uint8, row-major), as ``preprocess_character`` makes them.
-        size: the model's input side (crops are resized when it differs from CROP_SIZE).
+        size: the model's input side.
+        device: where the result lives (None: the CPU).
     """
     from dcnn_flame.generation.preprocess import CROP_BYTES, CROP_SIZE
 
@@ -181,9 +187,15 @@ def decode_crops(crops: list[bytes], size: int) -> torch.Tensor:
     if bad:
         raise ValueError(f"crops must be raw RGB {CROP_SIZE}x{CROP_SIZE} ({CROP_BYTES} bytes each, from "
                          f"generation.preprocess), got lengths {bad[:3]}")
-    # bytearray: one writable copy (torch refuses to own read-only buffers without a warning)
-    arr = np.frombuffer(bytearray().join(crops), dtype=np.uint8).reshape(len(crops), CROP_SIZE, CROP_SIZE, 3)
-    x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
+    device = torch.device(device if device is not None else "cpu")
+    pinned = device.type == "cuda"
+    # One writable buffer for all crops (torch refuses to own read-only buffers without a warning).
+    buf = torch.empty(len(crops) * CROP_BYTES, dtype=torch.uint8, pin_memory=pinned)
+    flat = buf.numpy()
+    for k, c in enumerate(crops):
+        flat[k * CROP_BYTES:(k + 1) * CROP_BYTES] = np.frombuffer(c, dtype=np.uint8)
+    x = buf.to(device, non_blocking=pinned).view(len(crops), CROP_SIZE, CROP_SIZE, 3)
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)
     if x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return x
@@ -379,7 +391,9 @@ class Reconstructor:
         for n, idx in groups.items():
             t0 = time.perf_counter()
             try:
-                imgs = torch.stack([decode_crops(rows[i]["images"], self.image_size) for i in idx]).to(self.device)
+                size = self.image_size
+                imgs = decode_crops([c for i in idx for c in rows[i]["images"]], size, self.device)
+                imgs = imgs.view(len(idx), n, 3, size, size)
                 recs = reconstruct(self.loaded, imgs, self.settings.bf16)
             except Exception as exc:  # noqa: BLE001 - a broken batch must not kill the job
                 for i in idx:

@@ -31,3 +31,22 @@ def test_to_host_copies_cuda_tensors_exactly_into_pinned_memory():
     for _ in range(3):  # the caching host allocator hands freed blocks back: still exact
         again = to_host(*dev)
         assert torch.equal(again[0], ref[0] * 2.0) and torch.equal(again[2], ref[2])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_decode_crops_on_cuda_equals_the_cpu_result():
+    """The crops travel as uint8 through pinned memory and are converted on the device: the same
+    tensor as on the CPU (resize included, to float rounding)."""
+    import numpy as np
+
+    from dcnn_flame.generation.predictor import decode_crops
+    from dcnn_flame.generation.preprocess import CROP_BYTES
+
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 256, CROP_BYTES, dtype=np.uint8).tobytes() for _ in range(5)]
+    for size in (224, 112):
+        cpu = decode_crops(crops, size)
+        dev = decode_crops(crops, size, torch.device("cuda"))
+        assert dev.device.type == "cuda" and dev.shape == cpu.shape
+        torch.testing.assert_close(dev.cpu(), cpu, rtol=0, atol=0 if size == 224 else 1e-5)
