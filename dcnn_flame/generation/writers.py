@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import io
 import json
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -48,10 +47,9 @@ def table_bytes(rows: list[dict], schema: pa.Schema, content_hash: Optional[str]
     meta = dict(schema.metadata or {})
     if content_hash:
         meta[_HASH_KEY] = content_hash.encode()
-    table = pa.Table.from_pylist(rows, schema=schema.with_metadata(meta))
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    return buf.getvalue()
+    from dcnn_flame.io.arrow_table import parquet_bytes
+
+    return parquet_bytes(pa.Table.from_pylist(rows, schema=schema.with_metadata(meta)))
 
 
 def failure_rows(run_name: str, character_id: Optional[str], key: Optional[str], failures: Sequence[dict],
@@ -124,6 +122,52 @@ def albedo_png(albedo: torch.Tensor) -> bytes:
     """[3, Ht, Wt] UV albedo in [0, 1] (row 0 = v = 1, as the renderer) -> PNG (image top = v = 1,
     the OBJ/glTF convention after their own v flips)."""
     return png_bytes(albedo_u8(albedo).cpu().numpy())
+
+
+def results_bytes(character_id: str, key: str, rec: Any, names: Sequence[str], au: torch.Tensor, out: Any,
+                  settings: Any, step: int, num_images: int, timings: tuple[float, float], write_ms: float,
+                  glb_uri: str, preview_uri: Optional[str], obj_uris: Mapping[str, Optional[str]],
+                  now: Optional[_dt.datetime] = None) -> bytes:
+    """One character's results table (:data:`RESULTS_SCHEMA`) as Parquet bytes.
+
+    Row 0 is the reconstruction itself (the detector's AUs and the parameters averaged over the
+    views), then one row per expression of ``names`` (AU vector ``au[k]``, parameters
+    ``out.expression[k]``/``out.pose[k]``). Missing AU values (NaN) are NULL, not NaN: SQL
+    engines order NaN above every number. Built column by column
+    (:func:`dcnn_flame.io.arrow_table.columns_table`).
+
+    Args:
+        rec: :class:`~dcnn_flame.generation.predictor.Reconstruction`; au: [K, 17];
+        out: :class:`~dcnn_flame.generation.retarget.RetargetOutput` of K expressions;
+        settings: :class:`~dcnn_flame.generation.predictor.ActorSettings` (run, checkpoint,
+            intensity, performance names); timings: (reconstruct_ms incl. decode, retarget_ms).
+    """
+    from dcnn_flame.io.arrow_table import Same, columns_table, parquet_bytes
+
+    s, n = settings, len(names) + 1
+    rec_au = rec.au.float().nanmean(0) if rec.au.numel() else torch.full((17,), float("nan"))
+    au_all = np.concatenate([rec_au.cpu().numpy()[None], au.float().cpu().numpy().reshape(len(names), 17)])  # [n, 17]
+    perf = set(getattr(s, "performance_names", ()))
+    cols: dict[str, Any] = {
+        "schema_version": Same(RESULTS_SCHEMA_VERSION), "run_name": Same(s.run_name),
+        "character_id": Same(character_id), "character_key": Same(key),
+        "expression": ["reconstruction", *names],
+        "intensity": np.array([1.0] + [s.intensity if x not in perf else 1.0 for x in names], np.float32),
+        "source": ["reconstruction"] + [f"performance:{x[5:]}" if x in perf else "bank" for x in names],
+        "model_version": Same(s.model_version), "checkpoint": Same(s.checkpoint_uri),
+        "checkpoint_step": Same(int(step)), "num_images": Same(int(num_images)),
+        **{c: np.ascontiguousarray(au_all[:, i]) for i, c in enumerate(AU_COLUMNS)},
+        "shape": Same(rec.shape.float().cpu().numpy()),
+        "expression_params": np.concatenate([rec.expression.float().mean(0, keepdim=True).cpu().numpy(),
+                                             out.expression.float().cpu().numpy()]),
+        "pose": np.concatenate([rec.pose.float().mean(0, keepdim=True).cpu().numpy(), out.pose.float().cpu().numpy()]),
+        "detail_code": Same(rec.detail_code.float().cpu().numpy() if rec.detail_code is not None else np.zeros(0)),
+        "glb_uri": Same(glb_uri), "obj_uri": [obj_uris.get("neutral_mesh"), *(obj_uris.get(x) for x in names)],
+        "preview_uri": Same(preview_uri), "reconstruct_ms": Same(float(timings[0])),
+        "retarget_ms": Same(float(timings[1])), "write_ms": Same(float(write_ms)),
+        "created_at": Same(now or _dt.datetime.now(_dt.timezone.utc)),
+    }
+    return parquet_bytes(columns_table(cols, n, RESULTS_SCHEMA))
 
 
 class PreviewRenderer:
@@ -317,34 +361,9 @@ class CharacterWriter:
             self._put(preview_uri, self._sheet_png(tiles, names))
         write_ms = (time.perf_counter() - t0) * 1000.0 + float(tiles_ms)
 
-        now = _dt.datetime.now(_dt.timezone.utc)
-        shape = rec.shape.tolist()
-        detail = rec.detail_code.tolist() if rec.detail_code is not None else []
-        base = {"schema_version": RESULTS_SCHEMA_VERSION, "run_name": s.run_name, "character_id": character_id,
-                "character_key": key, "model_version": s.model_version, "checkpoint": s.checkpoint_uri,
-                "checkpoint_step": self.step, "num_images": int(num_images), "shape": shape, "detail_code": detail,
-                "glb_uri": glb_uri, "preview_uri": preview_uri, "reconstruct_ms": float(timings[0]),
-                "retarget_ms": float(timings[1]), "write_ms": float(write_ms), "created_at": now}
-        def _au(x: float) -> Optional[float]:
-            # Missing AU values are NULL (not NaN): SQL engines order NaN above every number.
-            return float(x) if np.isfinite(float(x)) else None
-
-        rows = []
-        # The reconstruction itself: the detector's AUs and the parameters, averaged over views.
-        rec_au = rec.au.float().nanmean(0) if rec.au.numel() else torch.full((17,), float("nan"))
-        rec_pose = rec.pose.mean(0).tolist()
-        rows.append({**base, "expression": "reconstruction", "intensity": 1.0, "source": "reconstruction",
-                     **{c: _au(rec_au[i]) for i, c in enumerate(AU_COLUMNS)},
-                     "expression_params": rec.expression.mean(0).tolist(), "pose": rec_pose,
-                     "obj_uri": obj_uris.get("neutral_mesh")})
-        perf = set(getattr(s, "performance_names", ()))
-        for k, n in enumerate(names):
-            rows.append({**base, "expression": n, "intensity": float(s.intensity if n not in perf else 1.0),
-                         "source": f"performance:{n[5:]}" if n in perf else "bank",
-                         **{c: _au(au[k, i]) for i, c in enumerate(AU_COLUMNS)},
-                         "expression_params": out.expression[k].float().cpu().tolist(),
-                         "pose": out.pose[k].float().cpu().tolist(), "obj_uri": obj_uris.get(n)})
-        self._put(results_uri(run, key), table_bytes(rows, RESULTS_SCHEMA))
+        self._put(results_uri(run, key), results_bytes(
+            character_id, key, rec, names, au, out, s, self.step, num_images, timings, write_ms, glb_uri,
+            preview_uri, obj_uris))
         f_uri = failures_uri(run, key)
         if failures:
             self.write_failures(character_id, key, failures)

@@ -82,3 +82,79 @@ def test_keys_of_outputs(tmp_path):
     assert writers.character_uri(run, "k", "character.glb") == f"{run}/characters/k/character.glb"
     assert writers.results_uri(run, "k") == f"{run}/results/k.parquet"
     assert writers.failures_uri(run, "k") == f"{run}/failures/k.parquet"
+
+
+def _naive_results_rows(character_id, key, rec, names, au, out, s, step, num_images, timings, write_ms, glb_uri,
+                        preview_uri, obj_uris, now):
+    """The results rows built one dict per row (how the writer built them before the 14th
+    session): the reference for writers.results_bytes."""
+    import numpy as np
+    import torch
+
+    from dcnn_flame.constants import AU_COLUMNS
+    from dcnn_flame.generation.schema import RESULTS_SCHEMA_VERSION
+
+    def _au(x):
+        return float(x) if np.isfinite(float(x)) else None
+
+    base = {"schema_version": RESULTS_SCHEMA_VERSION, "run_name": s.run_name, "character_id": character_id,
+            "character_key": key, "model_version": s.model_version, "checkpoint": s.checkpoint_uri,
+            "checkpoint_step": step, "num_images": num_images, "shape": rec.shape.tolist(),
+            "detail_code": rec.detail_code.tolist() if rec.detail_code is not None else [], "glb_uri": glb_uri,
+            "preview_uri": preview_uri, "reconstruct_ms": timings[0], "retarget_ms": timings[1],
+            "write_ms": write_ms, "created_at": now}
+    rec_au = rec.au.float().nanmean(0) if rec.au.numel() else torch.full((17,), float("nan"))
+    rows = [{**base, "expression": "reconstruction", "intensity": 1.0, "source": "reconstruction",
+             **{c: _au(rec_au[i]) for i, c in enumerate(AU_COLUMNS)},
+             "expression_params": rec.expression.mean(0).tolist(), "pose": rec.pose.mean(0).tolist(),
+             "obj_uri": obj_uris.get("neutral_mesh")}]
+    perf = set(s.performance_names)
+    for k, n in enumerate(names):
+        rows.append({**base, "expression": n, "intensity": float(s.intensity if n not in perf else 1.0),
+                     "source": f"performance:{n[5:]}" if n in perf else "bank",
+                     **{c: _au(au[k, i]) for i, c in enumerate(AU_COLUMNS)},
+                     "expression_params": out.expression[k].tolist(), "pose": out.pose[k].tolist(),
+                     "obj_uri": obj_uris.get(n)})
+    return rows
+
+
+@pytest.mark.parametrize("detail, views", [(True, 2), (False, 1)])
+def test_results_table_equals_the_row_by_row_reference(detail, views):
+    import datetime as dt
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+    import torch
+
+    from dcnn_flame.generation.predictor import ActorSettings, Reconstruction
+    from dcnn_flame.generation.retarget import RetargetOutput
+    from dcnn_flame.generation.schema import RESULTS_SCHEMA
+    from dcnn_flame.io.storage import StorageOptions
+
+    g = torch.Generator().manual_seed(views)
+    names = ["joy", "anger", "perf_take1"]
+    au = torch.rand(3, 17, generator=g)
+    au[2] = float("nan")  # a performance frame has no AU profile
+    rec_au = torch.rand(views, 17, generator=g)
+    rec_au[0, 2] = float("nan")  # au04 of one view missing: the mean of the others (none: NULL)
+    rec = Reconstruction(shape=torch.randn(20, generator=g), expression=torch.randn(views, 10, generator=g),
+                         pose=torch.randn(views, 15, generator=g), albedo=torch.zeros(3, 4, 4),
+                         detail_code=torch.randn(8, generator=g) if detail else None, au=rec_au)
+    out = RetargetOutput(expression=torch.randn(3, 10, generator=g), pose=torch.randn(3, 15, generator=g),
+                         vertices=torch.zeros(3, 5, 3), neutral=torch.zeros(5, 3), displacement=None)
+    s = ActorSettings(checkpoint_uri="s3://b/ck", run_uri="/tmp/x", run_name="nightly", storage=StorageOptions(),
+                      bank_names=("joy", "anger"), bank_au=((0.0,) * 17,) * 2, intensity=0.7,
+                      performance_names=("perf_take1",), model_version="9.9")
+    now = dt.datetime(2026, 11, 25, 3, 0, 0, 250000, tzinfo=dt.timezone.utc)
+    obj_uris = {"neutral_mesh": "/o/n.obj", "joy": "/o/joy.obj"}
+    args = ("hero:1", "hero_1", rec, names, au, out, s, 12, views, (3.5, 1.25), 9.0, "/o/c.glb", None, obj_uris)
+    got = pq.read_table(io.BytesIO(writers.results_bytes(*args, now=now)))
+    want = pa.Table.from_pylist(_naive_results_rows(*args, now), schema=RESULTS_SCHEMA)
+    assert got.schema == want.schema
+    assert got.equals(want), (got.to_pylist()[:1], want.to_pylist()[:1])
+    rows = got.to_pylist()
+    assert [r["source"] for r in rows] == ["reconstruction", "bank", "bank", "performance:take1"]
+    assert rows[3]["au01"] is None and rows[1]["intensity"] == pytest.approx(0.7)
+    assert rows[0]["au04"] == (pytest.approx(float(rec_au[1:, 2].mean())) if views > 1 else None)
+    assert np.isfinite(rows[0]["au01"]) and rows[2]["obj_uri"] is None

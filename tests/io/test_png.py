@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dcnn_flame.io import png
 from dcnn_flame.io.png import encode_png
 
 
@@ -27,13 +28,14 @@ def _chunks(data: bytes) -> list[tuple[bytes, bytes]]:
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 3), (7, 13, 3), (64, 48, 4), (9, 5), (9, 5, 1), (326, 812, 3)])
-@pytest.mark.parametrize("level", [0, 1, 9])
-def test_pil_decodes_exactly_the_input(shape, level):
+@pytest.mark.parametrize("level", [0, 1, 3, 9])
+@pytest.mark.parametrize("compressor", ["isal", "zlib"])
+def test_pil_decodes_exactly_the_input(shape, level, compressor):
     rng = np.random.default_rng(sum(shape) + level)
     img = rng.integers(0, 256, shape, dtype=np.uint8)
     img[: shape[0] // 2] = np.arange(shape[1], dtype=np.uint8)[None, :, None].reshape(
         (1, shape[1]) + ((1,) if len(shape) == 3 else ()))  # smooth rows too, where Sub differences are small
-    data = encode_png(img, level=level)
+    data = encode_png(img, level=level, compressor=compressor)
     kinds = [k for k, _ in _chunks(data)]
     assert kinds == [b"IHDR", b"IDAT", b"IEND"]
     with Image.open(io.BytesIO(data)) as im:
@@ -60,3 +62,21 @@ def test_every_row_uses_the_sub_filter_and_smooth_images_compress():
 def test_bad_inputs_are_refused_with_a_reason(img, level, match):
     with pytest.raises(ValueError, match=match):
         encode_png(img, level=level)
+    with pytest.raises(ValueError, match="compressor must be one of"):
+        encode_png(np.zeros((4, 4, 3), np.uint8), compressor="gzip")
+
+
+def test_auto_deflates_with_isal_when_installed_and_zlib_otherwise(monkeypatch):
+    from isal import isal_zlib
+
+    img = np.tile(np.arange(120, dtype=np.uint8)[None, :, None], (40, 1, 3))
+    img[10:20] = 7
+    idat = lambda data: dict(_chunks(data))[b"IDAT"]  # noqa: E731
+    raw = zlib.decompress(idat(encode_png(img, compressor="zlib")))
+    assert idat(encode_png(img, level=1)) == isal_zlib.compress(raw, 1)
+    assert idat(encode_png(img, level=0)) == zlib.compress(raw, 0)  # store: always zlib
+    assert idat(encode_png(img, level=6)) == zlib.compress(raw, 6)  # ISA-L has levels 0-3 only
+    monkeypatch.setattr(png, "_isal_zlib", lambda: None)  # as without the isal package
+    assert idat(encode_png(img, level=1)) == zlib.compress(raw, 1)
+    with pytest.raises(ValueError, match="pip install isal"):
+        encode_png(img, compressor="isal")
