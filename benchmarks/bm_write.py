@@ -14,6 +14,8 @@ process (user + system) and wall time:
   (:func:`~dcnn_flame.io.png.encode_png`; the sheet includes composing it from the tiles);
 - results: the character's results table as Parquet bytes
   (:func:`~dcnn_flame.generation.writers.results_bytes`);
+- obj (with ``--obj``): the OBJ text of the neutral and every expression (the writer's
+  topology lines formatted once, :func:`~dcnn_flame.io.meshes.obj_topology`);
 - write: everything of a character, files included (``write_payloads`` on tasks of 8
   characters, one thread): unpacking, the four parts above, the atomic writes (temp file, fsync,
   rename) and ``_SUCCESS``, into ``--workdir``.
@@ -62,6 +64,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     from dcnn_flame.generation.write_stage import MeshTopology, _writer, write_payloads
     from dcnn_flame.generation.writers import png_bytes, results_bytes
     from dcnn_flame.io.gltf import glb_bytes
+    from dcnn_flame.io.meshes import obj_bytes
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", choices=("demo", "paper"), default="paper", help="the head/texture sizes follow it")
@@ -69,6 +72,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--task-size", type=int, default=8, help="characters per write task")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reps", type=int, default=10, help="repetitions of each part per round")
+    ap.add_argument("--obj", action="store_true", help="also OBJ files (timed as a part and in the whole write)")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args(argv)
 
@@ -78,7 +82,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     checkpoint = make_checkpoint(workdir, args.arch)
     cfg = GenerateConfig(manifest_uri=manifest, checkpoint=checkpoint, output_uri=os.path.join(workdir, "out"),
                          name="bm-write", overwrite=True, device="cpu", detector="center", progress=False,
-                         ray=RayConfig(), expressions=list(FIGURE8_EXPRESSIONS), write_stage="tasks")
+                         ray=RayConfig(), expressions=list(FIGURE8_EXPRESSIONS), write_stage="tasks",
+                         write_obj=args.obj)
     actor, rows, settings = build_actor(cfg, checkpoint, ids, manifest, args.characters, workdir)
     n = args.task_size
     payloads = [actor(pa.Table.from_pylist(rows[i:i + n], schema=OUTPUT_SCHEMA)) for i in range(0, len(rows), n)]
@@ -108,6 +113,14 @@ def main(argv: Optional[list[str]] = None) -> None:
         "sheet png": (lambda c: writer._sheet_png(c["tiles"], c["names"]), chars),
         "results": (results, chars),
     }
+    if args.obj:
+        def objs(c):
+            o = c["out"]
+            for v in [o.neutral.numpy(), *o.vertices.numpy()]:
+                obj_bytes(v, topology.faces, topology.uv_coords, topology.uv_faces, material_file="character.mtl",
+                          comment="bm", topology=writer.obj_topology(len(v)))
+
+        parts["obj"] = (objs, chars)
     run_settings = dataclasses.replace(settings, write_threads=1)
     for r in range(args.rounds):
         out = [f"{name} {cpu:.2f} ({wall:.2f})" for name, (fn, items) in parts.items()

@@ -256,6 +256,7 @@ class CharacterWriter:
         self._renderer: Optional[PreviewRenderer] = None  # built on first use (write tasks get tiles)
         self._lock = threading.Lock()
         self._sheets: dict[tuple, Any] = {}  # caption layout -> SheetTemplate (drawn once)
+        self._obj_topology: Optional[Any] = None  # the OBJ files' vt/f lines (formatted once)
 
     @property
     def preview(self) -> Optional[PreviewRenderer]:
@@ -266,6 +267,18 @@ class CharacterWriter:
             if self._renderer is None:
                 self._renderer = PreviewRenderer(self._data, self.s.preview_size, self._device)
             return self._renderer
+
+    def obj_topology(self, num_vertices: int) -> Any:
+        """The OBJ files' texture-coordinate and face lines (:func:`dcnn_flame.io.meshes.obj_topology`),
+        the same for every mesh: formatted on first use (they are ~3/4 of an OBJ file's text)."""
+        from dcnn_flame.io.meshes import obj_topology
+
+        with self._lock:
+            topo = self._obj_topology
+            if topo is None or topo.num_vertices != num_vertices:
+                topo = self._obj_topology = obj_topology(self.faces, self.uv_coords, self.uv_faces,
+                                                         num_vertices=num_vertices)
+            return topo
 
     def preview_indices(self, names: Sequence[str]) -> list[int]:
         """Indices of the expressions shown on the preview sheet (after the neutral tile)."""
@@ -351,7 +364,8 @@ class CharacterWriter:
                 v = neutral if k == 0 else meshes[k - 1]
                 uri = character_uri(run, key, f"{storage.safe_key(n)}.obj")
                 self._put(uri, obj_bytes(v, self.faces, self.uv_coords, self.uv_faces,
-                                         material_file="character.mtl", comment=f"{character_id} {n}"))
+                                         material_file="character.mtl", comment=f"{character_id} {n}",
+                                         topology=self.obj_topology(len(v))))
                 obj_uris[n] = uri
         preview_uri = None
         if self.previews:

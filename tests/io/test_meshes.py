@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from dcnn_flame.io import meshes
 
@@ -26,7 +27,6 @@ def test_obj_roundtrip_with_uvs():
 
 def test_obj_rejects_bad_indices():
     v, f, _, _ = _mesh()
-    import pytest
     with pytest.raises(ValueError, match="out of range"):
         meshes.obj_bytes(v, f + 10)
 
@@ -44,3 +44,67 @@ def test_ply_binary_layout():
     faces = np.frombuffer(body[7 * 15:], dtype=[("n", "u1"), ("idx", "<i4", (3,))])
     assert (faces["n"] == 3).all()
     np.testing.assert_array_equal(faces["idx"], f)
+
+
+def _naive_obj(v, f, uv=None, uf=None, normals=None, material_file=None, comment=""):
+    """OBJ text written row by row with np.savetxt (how obj_bytes wrote it before the 14th session)."""
+    import io
+
+    buf = io.StringIO()
+    if comment:
+        buf.write(f"# {comment}\n")
+    if material_file:
+        buf.write(f"mtllib {material_file}\n")
+    np.savetxt(buf, np.asarray(v, np.float64), fmt="v %.6f %.6f %.6f")
+    if uv is not None:
+        np.savetxt(buf, np.asarray(uv, np.float64), fmt="vt %.6f %.6f")
+    if normals is not None:
+        np.savetxt(buf, np.asarray(normals, np.float64), fmt="vn %.6f %.6f %.6f")
+    if material_file:
+        buf.write("usemtl material0\n")
+    fi = f + 1
+    if uv is not None:
+        ti = uf + 1
+        if normals is not None:
+            cols = np.stack([fi[:, 0], ti[:, 0], fi[:, 0], fi[:, 1], ti[:, 1], fi[:, 1], fi[:, 2], ti[:, 2], fi[:, 2]], 1)
+            np.savetxt(buf, cols, fmt="f %d/%d/%d %d/%d/%d %d/%d/%d")
+        else:
+            np.savetxt(buf, np.stack([fi[:, 0], ti[:, 0], fi[:, 1], ti[:, 1], fi[:, 2], ti[:, 2]], 1),
+                       fmt="f %d/%d %d/%d %d/%d")
+    elif normals is not None:
+        np.savetxt(buf, np.stack([fi[:, 0], fi[:, 0], fi[:, 1], fi[:, 1], fi[:, 2], fi[:, 2]], 1),
+                   fmt="f %d//%d %d//%d %d//%d")
+    else:
+        np.savetxt(buf, fi, fmt="f %d %d %d")
+    return buf.getvalue().encode("ascii")
+
+
+
+@pytest.mark.parametrize("with_uv", [True, False])
+@pytest.mark.parametrize("with_normals", [True, False])
+@pytest.mark.parametrize("chunk", [65536, 2])
+def test_obj_text_equals_the_row_by_row_reference(monkeypatch, with_uv, with_normals, chunk):
+    monkeypatch.setattr(meshes, "_CHUNK_ROWS", chunk)  # 2: every block of lines is formatted in pieces
+    v, f, uv, uf = _mesh()
+    v = v * 123.456  # wide numbers, negative ones
+    n = v / np.linalg.norm(v, axis=1, keepdims=True) if with_normals else None
+    kw = dict(normals=n, material_file="m.mtl", comment="hero 1")
+    uvs = (uv, uf) if with_uv else (None, None)
+    want = _naive_obj(v, f, *uvs, **kw)
+    assert meshes.obj_bytes(v, f, *uvs, **kw) == want
+    topo = meshes.obj_topology(f, *uvs, normals=with_normals, num_vertices=len(v))
+    for k in range(3):  # one topology for several meshes of it
+        assert meshes.obj_bytes(v + k, f, *uvs, **kw, topology=topo) == _naive_obj(v + k, f, *uvs, **kw)
+
+
+def test_obj_topology_must_fit_the_mesh():
+    v, f, uv, uf = _mesh()
+    topo = meshes.obj_topology(f, uv, uf, num_vertices=len(v))
+    with pytest.raises(ValueError, match="topology was made for 7 vertices"):
+        meshes.obj_bytes(np.zeros((8, 3)), f, uv, uf, topology=topo)
+    with pytest.raises(ValueError, match="normals"):
+        meshes.obj_bytes(v, f, uv, uf, normals=v, topology=topo)
+    with pytest.raises(ValueError, match="uv_faces indices out of range"):
+        meshes.obj_topology(f, uv, uf + 20)
+    with pytest.raises(ValueError, match="uv_coords given without uv_faces"):
+        meshes.obj_bytes(v, f, uv)
