@@ -2,9 +2,9 @@
 
 The batch job writes one small results table per character (10 rows of 39 columns with 9
 expressions). Building it row by row (a dict per row, ``pa.Table.from_pylist``) and writing it
-with zstd and dictionary pages cost ~3.4 ms per character on the 2-core CI machine; columns
-from the arrays the writer already holds, written with snappy and plain pages, cost a fraction
-of that (docs/generation.md, "The write path"). Readers see the same schema and values.
+with zstd and dictionary pages cost 2.6-2.9 ms of CPU per character on the 2-core CI machine;
+columns from the arrays the writer already holds, written with snappy and plain pages, 1.2 ms
+(side by side, docs/generation.md, "The write path"). Readers see the same schema and values.
 """
 from __future__ import annotations
 
