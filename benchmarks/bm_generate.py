@@ -144,7 +144,7 @@ def build_actor(cfg, checkpoint: str, manifest_ids: list[str], manifest: str, ch
     settings = ActorSettings(
         checkpoint_uri=checkpoint, run_uri=run_uri, run_name="bm-actor", storage=options, bank_names=tuple(names),
         bank_au=tuple(tuple(float(x) for x in r) for r in bank_au), teachers_path=cfg.teachers_path,
-        device=cfg.device, bf16=cfg.bf16, write_obj=cfg.write_obj, preview=cfg.preview,
+        device=cfg.device, bf16=cfg.bf16, cuda_wait=cfg.cuda_wait, write_obj=cfg.write_obj, preview=cfg.preview,
         preview_size=cfg.preview_size, bake_detail=cfg.bake_detail, model_version=dcnn_flame.__version__,
         write_threads=cfg.write_threads, write_stage=cfg.write_stage)
     return Reconstructor(settings), rows, settings
@@ -179,6 +179,9 @@ def bench_actor(cfg, checkpoint: str, manifest_ids: list[str], manifest: str, ch
             "write_ms": float(st["write_ms"].mean()), "expressions": len(settings.bank_names), "load_s": actor.load_s}
 
 
+_TICKS = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
+
+
 def _cpu_times() -> Optional[tuple[float, float]]:
     """(busy, total) jiffies of all cores from /proc/stat (Linux), or None elsewhere."""
     try:
@@ -208,19 +211,31 @@ def steady_rate(run_uri: str) -> tuple[float, int]:
     return (hi - lo) / max(t[hi] - t[lo], 1e-9), len(t)
 
 
-def bench_job(cfg) -> dict:
-    """The whole job through pipeline.run (a fresh run name, so every character runs)."""
+def bench_job(cfg, by_process: bool = False) -> dict:
+    """The whole job through pipeline.run (a fresh run name, so every character runs). With
+    ``by_process`` also the CPU seconds of every process of this user, grouped (``by_process``
+    key; :mod:`proc_cpu`; the Ray start-up and shutdown inside ``run`` are included)."""
+    import contextlib
+
     from dcnn_flame.generation.pipeline import run
 
+    procs = None
+    if by_process:
+        from proc_cpu import ProcessCpu
+
+        procs = ProcessCpu()
     c0 = _cpu_times()
-    summary = run(cfg)
+    with procs if procs is not None else contextlib.nullcontext():
+        summary = run(cfg)
     c1 = _cpu_times()
     steady, _ = steady_rate(summary.run_uri) if summary.completed else (float("nan"), 0)
     busy = (c1[0] - c0[0]) / max(c1[1] - c0[1], 1.0) if c0 and c1 else float("nan")
     return {"characters": summary.completed + summary.failed, "ok": summary.completed,
             "failed": summary.failed, "images": summary.images, "stage_s": summary.stage_s,
             "elapsed_s": summary.elapsed_s, "cps": summary.characters_per_s, "ips": summary.images_per_s,
-            "expressions": summary.expressions, "steady": steady, "cpu_busy": busy}
+            "expressions": summary.expressions, "steady": steady, "cpu_busy": busy,
+            "cpu_s": (c1[0] - c0[0]) / _TICKS if c0 and c1 else float("nan"),
+            "by_process": procs.by_label() if procs is not None else None}
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -266,6 +281,10 @@ def main(argv: Optional[list[str]] = None) -> None:
                     help="cProfile the actor stage and print its N costliest functions (cumulative and own time)")
     ap.add_argument("--ray-stats", action="store_true", help="print Ray Data's per-operator statistics after "
                     "each whole-job run")
+    ap.add_argument("--cuda-wait", default="blocking", help="how GPU actors wait for the GPU (blocking, spin, "
+                    "yield, auto); comma-separated runs the actor and job stages once per value, side by side")
+    ap.add_argument("--cpu-by-process", action="store_true", help="job stage: also split the CPU time between "
+                    "the driver, Ray's daemons and the workers by what they ran (ms per character; Linux)")
     ap.add_argument("--stages", default="decode,model,actor,job", help="which measurements to run")
     ap.add_argument("--workdir", default=None, help="inputs and outputs (default: a temporary folder)")
     args = ap.parse_args(argv)
@@ -283,6 +302,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     write_stages = [w.strip() for w in args.write_stage.split(",") if w.strip()]
     if not write_stages or set(write_stages) - {"actor", "tasks"}:
         raise SystemExit(f"--write-stage takes actor, tasks or both, got {args.write_stage!r}")
+    cuda_waits = [c.strip() for c in args.cuda_wait.split(",") if c.strip()]
+    if not cuda_waits or set(cuda_waits) - {"blocking", "spin", "yield", "auto"}:
+        raise SystemExit(f"--cuda-wait takes blocking, spin, yield, auto (comma-separated), got {args.cuda_wait!r}")
     workdir = args.workdir or tempfile.mkdtemp(prefix="bm_generate_")
     os.makedirs(workdir, exist_ok=True)
     device = torch.device(args.device)
@@ -317,9 +339,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"model: forward {au} AU detector, batch {mb} at {loaded.model.cfg.image_size} px: "
               f"{ips:10.1f} images/s", flush=True)
         del loaded
-    for ws, wt in [(ws, wt) for ws in write_stages for wt in write_threads]:
-        cfg = dataclasses.replace(cfg, write_threads=wt, write_stage=ws, name=f"bm-{int(time.time())}-{ws}-w{wt}")
-        tag = f"write_stage={ws}, write_threads={wt}"
+    for ws, wt, cwm in [(ws, wt, c) for ws in write_stages for wt in write_threads for c in cuda_waits]:
+        cfg = dataclasses.replace(cfg, write_threads=wt, write_stage=ws, cuda_wait=cwm,
+                                  name=f"bm-{int(time.time())}-{ws}-w{wt}-{cwm}")
+        tag = f"write_stage={ws}, write_threads={wt}" + (f", cuda_wait={cwm}" if device.type == "cuda" else "")
         if "actor" in stages:
             n = args.actor_characters or min(args.characters, 512)
             prof = None
@@ -357,12 +380,22 @@ def main(argv: Optional[list[str]] = None) -> None:
                   f"{r['images'] / r['wall_s']:10.2f} images/s ({split}; checkpoint load {r['load_s']:.1f}s)",
                   flush=True)
         if "job" in stages:
-            r = bench_job(cfg)
+            r = bench_job(cfg, by_process=args.cpu_by_process)
             print(f"job ({tag}): {r['ok']}/{r['characters']} characters ({r['failed']} failed) x "
                   f"{r['expressions']} expressions, Ray stage {r['stage_s']:.2f}s: {r['cps']:10.2f} characters/s, "
                   f"{r['ips']:10.2f} images/s ({r['elapsed_s']:.1f}s with set-up); steady "
                   f"{r['steady']:.1f} characters/s (10th-90th percentile of completions); "
                   f"CPU busy {100 * r['cpu_busy']:.0f} % of all cores", flush=True)
+            if r["by_process"] is not None:
+                n = max(r["characters"], 1)
+                counted = sum(v[0] for v in r["by_process"].values())
+                print(f"  CPU by process, ms per character (all cores: {1000 * r['cpu_s'] / n:.1f}; "
+                      f"counted below: {1000 * counted / n:.1f}; the rest is other users' and the kernel's):",
+                      flush=True)
+                for name, (sec, nproc) in r["by_process"].items():
+                    if 1000 * sec / n >= 0.05:
+                        print(f"    {1000 * sec / n:8.2f}  {name} ({nproc} process{'es' if nproc > 1 else ''})",
+                              flush=True)
 
 if __name__ == "__main__":
     main()

@@ -599,6 +599,11 @@ class GenerateConfig:
     """Torch device of the actors: "auto" (cuda when the actor has a GPU, else cpu), "cpu", "cuda"."""
     bf16: bool = False
     """bf16 autocast for the network forward on CUDA (ignored on CPU); FLAME stays float32."""
+    cuda_wait: str = "blocking"
+    """How a GPU actor's thread waits for its GPU: "blocking" (sleeps until the GPU is done),
+    "spin" (busy-polls a core), "yield", or "auto" (the driver's default, which spins while a
+    process has fewer CUDA contexts than the machine has cores). Actors sharing a GPU that spin
+    take cores from the decode tasks and the writers (dcnn_flame/generation/cuda_wait.py)."""
     margin: float = 0.1
     """Crop margin around the face box (as jobs/prepare.py)."""
     align: str = "box"

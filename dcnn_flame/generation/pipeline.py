@@ -245,6 +245,10 @@ def run(cfg: "GenerateConfig") -> GenerateSummary:
         raise ValueError(f"write_stage must be one of {', '.join(WRITE_STAGES)}, got {cfg.write_stage!r}")
     if not float(cfg.write_task_cpus) > 0:
         raise ValueError(f"write_task_cpus must be > 0, got {cfg.write_task_cpus}")
+    from dcnn_flame.generation.cuda_wait import CUDA_WAIT_MODES
+
+    if cfg.cuda_wait not in CUDA_WAIT_MODES:
+        raise ValueError(f"cuda_wait must be one of {', '.join(CUDA_WAIT_MODES)}, got {cfg.cuda_wait!r}")
     input_uri, checkpoint, detector, demo_lib = _demo_inputs(cfg, options)
     output_uri = storage.resolve(cfg.output_uri or storage.join(cfg.storage.uri, "generated"))
     run_name = cfg.name
@@ -320,7 +324,8 @@ def run(cfg: "GenerateConfig") -> GenerateSummary:
             bank_au=tuple(tuple(float(x) for x in r) for r in bank_au), intensity=float(cfg.intensity),
             performance_names=tuple(perf_names), performance_expression=tuple(tuple(r) for r in perf_expr),
             performance_jaw=tuple(tuple(r) for r in perf_jaw), teachers_path=cfg.teachers_path,
-            au_map_path=cfg.au_map_path, device=cfg.device, bf16=cfg.bf16, write_obj=cfg.write_obj,
+            au_map_path=cfg.au_map_path, device=cfg.device, bf16=cfg.bf16, cuda_wait=cfg.cuda_wait,
+            write_obj=cfg.write_obj,
             preview=cfg.preview, preview_size=cfg.preview_size, preview_max=cfg.preview_max,
             bake_detail=cfg.bake_detail, model_version=dcnn_flame.__version__, write_threads=int(cfg.write_threads),
             write_stage=cfg.write_stage, fault_injection=cfg.fault_injection, fs=out_fs)

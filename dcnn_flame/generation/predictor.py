@@ -63,6 +63,8 @@ class ActorSettings:
         au_map_path: AU -> expression map .npz or None (the head model's own).
         device: "auto", "cpu" or "cuda".
         bf16: bf16 autocast of the network forward on CUDA.
+        cuda_wait: how the actor's thread waits for its GPU (:mod:`.cuda_wait`; set before the
+            actor's first CUDA call, ignored on CPU).
         write_obj, preview, preview_size, preview_max, bake_detail: output switches.
         model_version: package version stored in rows.
         write_threads: characters of a batch written in parallel (threads of the actor, or of
@@ -88,6 +90,7 @@ class ActorSettings:
     au_map_path: Optional[str] = None
     device: str = "auto"
     bf16: bool = False
+    cuda_wait: str = "blocking"
     write_obj: bool = False
     preview: bool = True
     preview_size: int = 160
@@ -284,6 +287,14 @@ class Reconstructor:
 
         self.settings = s = settings
         self.device = _device(s.device)
+        self.cuda_wait_problem = None
+        if self.device.type == "cuda":
+            from dcnn_flame.generation.cuda_wait import set_cuda_wait
+
+            index = self.device.index or 0  # "cuda" is device 0 in a fresh process (no CUDA call here yet)
+            self.cuda_wait_problem = set_cuda_wait(s.cuda_wait, index)
+            if self.cuda_wait_problem:
+                warnings.warn(self.cuda_wait_problem, RuntimeWarning, stacklevel=2)
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             # The head model shipped by the driver arrives through Ray's object store as read-only

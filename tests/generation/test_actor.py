@@ -160,7 +160,8 @@ def test_a_write_error_in_a_thread_fails_only_its_character(library, tiny_ckpt, 
     ("read_threads", 0, "write_batch_size must be >= 1, got 1, 4, 4, 1, 0, 8"),
     ("write_batch_size", 0, "write_batch_size must be >= 1, got 1, 4, 4, 1, 8, 0"),
     ("write_stage", "driver", "write_stage must be one of actor, tasks, got 'driver'"),
-    ("write_task_cpus", 0.0, "write_task_cpus must be > 0, got 0.0")])
+    ("write_task_cpus", 0.0, "write_task_cpus must be > 0, got 0.0"),
+    ("cuda_wait", "sleep", "cuda_wait must be one of blocking, spin, yield, auto, got 'sleep'")])
 def test_job_refuses_bad_counts_and_write_settings(tmp_path, field, value, match):
     from dcnn_flame.generation.pipeline import run
 
