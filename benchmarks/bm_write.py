@@ -18,7 +18,8 @@ process (user + system) and wall time:
   topology lines formatted once, :func:`~dcnn_flame.io.meshes.obj_topology`);
 - write: everything of a character, files included (``write_payloads`` on tasks of 8
   characters, one thread): unpacking, the four parts above, the atomic writes (temp file, fsync,
-  rename) and ``_SUCCESS``, into ``--workdir``.
+  rename) and ``_SUCCESS``, into ``--workdir``; ``--write-threads 1,2`` times it with each number
+  of threads (the write tasks' and the actors' ``write_threads``).
 
 Nothing is asserted: numbers are printed. Run old and new code in alternation (e.g. a
 ``git worktree`` of the old commit, ``cd`` there, same interpreter) for side-by-side ratios;
@@ -73,6 +74,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reps", type=int, default=10, help="repetitions of each part per round")
     ap.add_argument("--obj", action="store_true", help="also OBJ files (timed as a part and in the whole write)")
+    ap.add_argument("--write-threads", default="1", help="threads of the whole write (comma-separated: each timed, "
+                    "side by side; on >= that many cores the wall-time ratio bounds the part that holds the GIL)")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args(argv)
 
@@ -121,17 +124,22 @@ def main(argv: Optional[list[str]] = None) -> None:
                           comment="bm", topology=writer.obj_topology(len(v)))
 
         parts["obj"] = (objs, chars)
-    run_settings = dataclasses.replace(settings, write_threads=1)
+    threads = [int(t) for t in args.write_threads.split(",") if t.strip()]
+    if not threads or min(threads) < 1:
+        raise SystemExit(f"--write-threads must be integers >= 1, got {args.write_threads!r}")
     for r in range(args.rounds):
         out = [f"{name} {cpu:.2f} ({wall:.2f})" for name, (fn, items) in parts.items()
                for cpu, wall in [_timed(fn, items, args.reps)]]
-        def write(p):
-            status = write_payloads(p, run_settings, topology, step).column("status").to_pylist()
-            if set(status) != {"ok"}:
-                raise SystemExit(f"a character was not written: {status}")
+        for t in threads:
+            run_settings = dataclasses.replace(settings, write_threads=t)
 
-        cpu, wall = _timed(write, payloads, 1)
-        out.append(f"write {cpu / n:.2f} ({wall / n:.2f})")
+            def write(p):
+                status = write_payloads(p, run_settings, topology, step).column("status").to_pylist()
+                if set(status) != {"ok"}:
+                    raise SystemExit(f"a character was not written: {status}")
+
+            cpu, wall = _timed(write, payloads, 1)
+            out.append(f"write{'' if len(threads) == 1 else f' x{t} threads'} {cpu / n:.2f} ({wall / n:.2f})")
         print(f"round {r}: CPU (wall) ms per character: " + ", ".join(out), flush=True)
 
 
