@@ -52,7 +52,7 @@ def label(title: str, pid: int, driver_pid: int) -> str:
         # "MapWorker(MapBatches(Reconstructor))" / "MapBatches(preprocess_batch)->..." -> as is, trimmed
         return "ray::" + re.sub(r"\s+", " ", name)[:80]
     for daemon in ("raylet", "gcs_server", "dashboard", "log_monitor", "monitor.py", "runtime_env",
-                   "dashboard_agent", "ray_client_server"):
+                   "ray_client_server"):
         if daemon in title:
             return f"ray daemon: {daemon}"
     if "default_worker.py" in title or "setup_worker" in title:
@@ -72,7 +72,6 @@ class ProcessCpu:
         self.titles: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self._started_before: set[int] = set()
         self.wall_s = 0.0
 
     def _pids(self) -> list[int]:
