@@ -16,7 +16,8 @@ paper's Figure 8 set, the default here). Prints one line per measurement:
   expression, write the GLB, the preview and the Parquet rows. Characters/s and images/s, with
   the split of its time (reconstruct / retarget+write) from the actor's own status rows.
   ``--write-threads 1,4`` measures it once per value, side by side (threads per actor that
-  write the characters of a batch in parallel). ``--write-stage actor,tasks`` runs the actor and
+  write the characters of a batch in parallel); ``--actor-calls 1,2`` likewise (batches an actor
+  works on at once: the actor stage feeds it from that many threads, as Ray Data does). ``--write-stage actor,tasks`` runs the actor and
   job stages once per write stage (with ``tasks`` the actor stage times the actor handing the
   characters over, then writing them in this process as one write task would; the job runs the
   write tasks after the actors). ``--profile 40`` prints the actor stage's 40
@@ -152,7 +153,8 @@ def build_actor(cfg, checkpoint: str, manifest_ids: list[str], manifest: str, ch
 
 def bench_actor(cfg, checkpoint: str, manifest_ids: list[str], manifest: str, characters: int, batch: int,
                 workdir: str) -> dict:
-    """One Reconstructor on preprocessed rows (decode/align done beforehand, untimed)."""
+    """One Reconstructor on preprocessed rows (decode/align done beforehand, untimed); with
+    ``cfg.actor_calls > 1`` its batches are fed from that many threads at once, as Ray Data does."""
     import pyarrow as pa
 
     from dcnn_flame.generation.preprocess import OUTPUT_SCHEMA
@@ -161,7 +163,13 @@ def bench_actor(cfg, checkpoint: str, manifest_ids: list[str], manifest: str, ch
     batches = [pa.Table.from_pylist(rows[i:i + batch], schema=OUTPUT_SCHEMA) for i in range(0, len(rows), batch)]
     actor(batches[0])  # warm-up (lazy initialisation, cuDNN autotuning), untimed
     t = time.perf_counter()
-    status = [actor(b) for b in batches]
+    if int(cfg.actor_calls) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(int(cfg.actor_calls)) as calls:
+            status = list(calls.map(actor, batches))
+    else:
+        status = [actor(b) for b in batches]
     _sync(actor.device)
     wall = time.perf_counter() - t
     write_s = 0.0
@@ -281,6 +289,9 @@ def main(argv: Optional[list[str]] = None) -> None:
                     help="cProfile the actor stage and print its N costliest functions (cumulative and own time)")
     ap.add_argument("--ray-stats", action="store_true", help="print Ray Data's per-operator statistics after "
                     "each whole-job run")
+    ap.add_argument("--actor-calls", default="1", help="batches one actor works on at once (actor_calls; "
+                    "comma-separated: each run side by side; 2 overlaps a batch's writing with the next one's "
+                    "device part)")
     ap.add_argument("--cuda-wait", default="blocking", help="how GPU actors wait for the GPU (blocking, spin, "
                     "yield, auto); comma-separated runs the actor and job stages once per value, side by side")
     ap.add_argument("--cpu-by-process", action="store_true", help="job stage: also split the CPU time between "
@@ -305,6 +316,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     cuda_waits = [c.strip() for c in args.cuda_wait.split(",") if c.strip()]
     if not cuda_waits or set(cuda_waits) - {"blocking", "spin", "yield", "auto"}:
         raise SystemExit(f"--cuda-wait takes blocking, spin, yield, auto (comma-separated), got {args.cuda_wait!r}")
+    try:
+        actor_calls = [int(x) for x in args.actor_calls.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"--actor-calls must be integers separated by commas, got {args.actor_calls!r}")
+    if not actor_calls or min(actor_calls) < 1:
+        raise SystemExit(f"--actor-calls values must be >= 1, got {args.actor_calls!r}")
     workdir = args.workdir or tempfile.mkdtemp(prefix="bm_generate_")
     os.makedirs(workdir, exist_ok=True)
     device = torch.device(args.device)
@@ -339,10 +356,12 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"model: forward {au} AU detector, batch {mb} at {loaded.model.cfg.image_size} px: "
               f"{ips:10.1f} images/s", flush=True)
         del loaded
-    for ws, wt, cwm in [(ws, wt, c) for ws in write_stages for wt in write_threads for c in cuda_waits]:
-        cfg = dataclasses.replace(cfg, write_threads=wt, write_stage=ws, cuda_wait=cwm,
-                                  name=f"bm-{int(time.time())}-{ws}-w{wt}-{cwm}")
-        tag = f"write_stage={ws}, write_threads={wt}" + (f", cuda_wait={cwm}" if device.type == "cuda" else "")
+    for ws, wt, cwm, ac in [(ws, wt, c, a) for ws in write_stages for wt in write_threads for c in cuda_waits
+                            for a in actor_calls]:
+        cfg = dataclasses.replace(cfg, write_threads=wt, write_stage=ws, cuda_wait=cwm, actor_calls=ac,
+                                  name=f"bm-{int(time.time())}-{ws}-w{wt}-{cwm}-c{ac}")
+        tag = (f"write_stage={ws}, write_threads={wt}" + (f", cuda_wait={cwm}" if device.type == "cuda" else "")
+               + (f", actor_calls={ac}" if len(actor_calls) > 1 or ac > 1 else ""))
         if "actor" in stages:
             n = args.actor_characters or min(args.characters, 512)
             prof = None
@@ -368,7 +387,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                          f"{r['reconstruct_ms']:.1f} ms per character), writing them in one process "
                          f"{n / r['write_s']:.2f} characters/s")
                 r = dict(r, wall_s=r["wall_s"] + r["write_s"])
-            elif wt == 1:
+            elif wt == 1 and ac == 1:
                 rest = 1000.0 * r["wall_s"] / r["characters"] - r["reconstruct_ms"] - r["write_ms"]
                 split = (f"per character: decode crops + reconstruct {r['reconstruct_ms']:.1f} ms, write "
                          f"{r['write_ms']:.1f} ms, retarget and the rest {rest:.1f} ms")

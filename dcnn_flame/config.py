@@ -583,6 +583,12 @@ class GenerateConfig:
     uploads) is CPU work that would leave a GPU actor's GPU idle: 2-3 on GPU actors (on the
     16-core H200 machine 12 actors x 1 CPU x 2 threads was the fastest layout measured; see
     docs/generation.md). 1 = one after the other. With write_stage=tasks: threads per write task."""
+    actor_calls: int = 1
+    """Batches one reconstruction actor works on at once (Ray Data runs that many calls of the
+    actor in threads). With 2, one batch's writing (CPU) overlaps the next batch's model pass:
+    the device part (forward, retargeting, preview tiles) stays one batch at a time (a lock), so
+    device memory does not grow; host memory holds one more batch per actor. 1 = one batch after
+    the other (each actor's device idles while it writes). See docs/generation.md."""
     write_stage: str = "actor"
     """Who writes the characters' files: "actor" (the reconstruction actor, after its batch) or
     "tasks" (the actor only runs the model, retargeting and preview tiles and hands each

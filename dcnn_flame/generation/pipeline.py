@@ -214,6 +214,19 @@ def write_room_problem(cfg: "GenerateConfig", cluster_cpus: float) -> Optional[s
             f"or num_cpus_per_actor, or use write_stage=actor")
 
 
+def actor_pool(size: int, calls: int):
+    """The reconstruction actors' ActorPoolStrategy: ``size`` actors, each running ``calls``
+    batches at once in threads (Ray Data wraps a callable class in one thread unless
+    ``enable_true_multi_threading``; the actor itself keeps its device part to one batch at a
+    time, :class:`~dcnn_flame.generation.predictor.Reconstructor`)."""
+    import ray
+
+    if calls == 1:
+        return ray.data.ActorPoolStrategy(size=size)
+    return ray.data.ActorPoolStrategy(size=size, max_concurrent_calls_per_actor=calls,
+                                      enable_true_multi_threading=True)
+
+
 def _checkpoint_head(ckpt_config: dict):
     """The head model a checkpoint was trained with (its flame config), loaded on the driver."""
     from dcnn_flame.flame.factory import load_flame_data
@@ -241,6 +254,9 @@ def run(cfg: "GenerateConfig") -> GenerateSummary:
     if min(counts) < 1:
         raise ValueError(f"num_actors, batch_size, decode_batch_size, write_threads, read_threads and "
                          f"write_batch_size must be >= 1, got {', '.join(str(c) for c in counts)}")
+    if int(cfg.actor_calls) < 1:
+        raise ValueError(f"actor_calls must be >= 1 (batches one reconstruction actor works on at once), "
+                         f"got {cfg.actor_calls}")
     if cfg.write_stage not in WRITE_STAGES:
         raise ValueError(f"write_stage must be one of {', '.join(WRITE_STAGES)}, got {cfg.write_stage!r}")
     if not float(cfg.write_task_cpus) > 0:
@@ -344,7 +360,7 @@ def run(cfg: "GenerateConfig") -> GenerateSummary:
                                 batch_size=cfg.decode_batch_size, num_cpus=1)
             ds = ds.map_batches(Reconstructor, fn_constructor_kwargs={"settings": actor, "flame_data": flame_data},
                                 batch_format="pyarrow", batch_size=cfg.batch_size,
-                                compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
+                                compute=actor_pool(cfg.num_actors, int(cfg.actor_calls)),
                                 num_gpus=cfg.num_gpus or None, num_cpus=cfg.num_cpus_per_actor)
             if cfg.write_stage == "tasks":
                 from dcnn_flame.generation.write_stage import write_payloads

@@ -17,6 +17,12 @@ actor most of that time is CPU work that releases the GIL (zlib, Parquet, file a
 I/O, torch kernels), so a few threads keep one actor's GPU busy instead of idle while it
 writes. The batch's status rows are returned only when all of its characters are written.
 
+With ``actor_calls > 1`` (Ray Data runs that many calls of one actor at once, in threads:
+``ActorPoolStrategy(max_concurrent_calls_per_actor=..., enable_true_multi_threading=True)``)
+one batch's writes overlap the next batch's model pass: the device part of a call (crops onto
+the device, forward, retargeting, preview tiles, outputs to the host) holds the actor's
+``device_lock``, so only one batch at a time is on the device, and the writing runs outside it.
+
 With ``write_stage="tasks"`` the actor writes nothing but failure tables: it returns one
 :mod:`.handoff` payload row per character (meshes, preview tiles, 8-bit texture, parameters)
 and Ray Data's CPU tasks (:func:`.write_stage.write_payloads`) write the files, so that a few
@@ -25,6 +31,7 @@ GPU actors keep the device busy while every core encodes and uploads.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -325,6 +332,9 @@ class Reconstructor:
 
             self.pool = ThreadPoolExecutor(int(s.write_threads), thread_name_prefix="dcnn-flame-write")
         self._expr_cache: Optional[tuple] = None  # the expressions' parameters (see _expressions)
+        # One batch at a time on the device when Ray Data runs several calls of this actor at
+        # once (actor_calls > 1): the other calls write meanwhile (module docstring).
+        self.device_lock = threading.Lock()
         self.load_s = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ helpers
@@ -379,6 +389,35 @@ class Reconstructor:
             out = self.retargeter.meshes_many(shapes, expression, jaw, disp)
         return names, au, out
 
+    def _device_part(self, crops: list[bytes], count: int, views: int) -> "_DevicePart":
+        """The device work of a group of ``count`` characters with ``views`` images each (crops
+        in character order): crops onto the device, forward, retargeting, outputs to the host,
+        preview tiles. Raises :class:`_GroupFailed` naming the stage that failed (the preview
+        tiles failing is not one: they are then rendered per character by the writer)."""
+        t0 = time.perf_counter()
+        try:
+            size = self.image_size
+            imgs = decode_crops(crops, size, self.device).view(count, views, 3, size, size)
+            recs = reconstruct(self.loaded, imgs, self.settings.bf16)
+        except Exception as exc:  # noqa: BLE001 - reported as the group's failure rows
+            raise _GroupFailed("reconstruct", exc) from exc
+        t1 = time.perf_counter()
+        # Retarget and preview-render the whole group on the device in one pass each; the
+        # per-character CPU work (GLB, PNG, Parquet, files) then runs per character.
+        try:
+            names, au, out = self._retarget_many(recs)
+            outs = _split_outputs(_to_cpu(out), len(recs))
+        except Exception as exc:  # noqa: BLE001
+            raise _GroupFailed("retarget", exc) from exc
+        t2 = time.perf_counter()
+        try:
+            tiles = self.writer.preview_tiles(_split_outputs(out, len(recs)), [r.albedo for r in recs], names)
+        except Exception:  # noqa: BLE001 - rendered per character instead, where errors fail that character
+            tiles = None
+        t3 = time.perf_counter()
+        return _DevicePart(recs, names, au, outs, tiles, reconstruct_ms=(t1 - t0) * 1000.0 / count,
+                           retarget_ms=(t2 - t1) * 1000.0 / count, tiles_ms=(t3 - t2) * 1000.0 / count)
+
     # ------------------------------------------------------------------ batch
     def __call__(self, batch: pa.Table) -> pa.Table:
         from dcnn_flame.generation.handoff import pack_character, payload_table
@@ -400,34 +439,15 @@ class Reconstructor:
             else:
                 groups.setdefault(n, []).append(i)
         for n, idx in groups.items():
-            t0 = time.perf_counter()
             try:
-                size = self.image_size
-                imgs = decode_crops([c for i in idx for c in rows[i]["images"]], size, self.device)
-                imgs = imgs.view(len(idx), n, 3, size, size)
-                recs = reconstruct(self.loaded, imgs, self.settings.bf16)
-            except Exception as exc:  # noqa: BLE001 - a broken batch must not kill the job
+                with self.device_lock:
+                    part = self._device_part([c for i in idx for c in rows[i]["images"]], len(idx), n)
+            except _GroupFailed as exc:  # a broken group must not kill the batch, nor the job
                 for i in idx:
-                    status[i] = fail(i, "reconstruct", "error", f"{type(exc).__name__}: {exc}")
+                    status[i] = fail(i, exc.stage, "error", str(exc))
                 continue
-            per_char_ms = (time.perf_counter() - t0) * 1000.0 / len(idx)
-            # Retarget and preview-render the whole group on the device in one pass each; the
-            # per-character CPU work (GLB, PNG, Parquet, files) then runs per character.
-            t1 = time.perf_counter()
-            try:
-                names, au, out = self._retarget_many(recs)
-                outs = _split_outputs(_to_cpu(out), len(recs))
-            except Exception as exc:  # noqa: BLE001 - one bad group must not kill the batch
-                for i in idx:
-                    status[i] = fail(i, "retarget", "error", f"{type(exc).__name__}: {exc}")
-                continue
-            t2 = time.perf_counter()
-            retarget_ms = (t2 - t1) * 1000.0 / len(idx)
-            try:
-                tiles = self.writer.preview_tiles(_split_outputs(out, len(recs)), [r.albedo for r in recs], names)
-            except Exception:  # noqa: BLE001 - rendered per character instead, where errors fail that character
-                tiles = None
-            tiles_ms = (time.perf_counter() - t2) * 1000.0 / len(idx)  # counted in each character's write_ms
+            recs, names, au, outs, tiles = part.recs, part.names, part.au, part.outs, part.tiles
+            per_char_ms, retarget_ms, tiles_ms = part.reconstruct_ms, part.retarget_ms, part.tiles_ms
             if handoff:  # the write tasks get everything but the device: tiles rendered here
                 for k, (i, rec) in enumerate(zip(idx, recs)):
                     try:
@@ -457,6 +477,30 @@ class Reconstructor:
                     except Exception as exc:  # noqa: BLE001 - finish_character reports its own errors
                         status[i] = fail(i, "write", "error", f"{type(exc).__name__}: {exc}")
         return payload_table(status) if handoff else pa.Table.from_pylist(status, schema=STATUS_SCHEMA)
+
+
+class _GroupFailed(Exception):
+    """The device part of a group failed at ``stage``; the message is the cause's type and text."""
+
+    def __init__(self, stage: str, cause: BaseException):
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.stage = stage
+
+
+@dataclass
+class _DevicePart:
+    """What the device part of a group hands to the writing: reconstructions, the expressions
+    (names, AU rows [K, 17]), per-character outputs on the host, preview tiles (None = render
+    per character) and ms per character of each step (the tiles' are counted in write_ms)."""
+
+    recs: list
+    names: list
+    au: torch.Tensor
+    outs: list
+    tiles: Any
+    reconstruct_ms: float
+    retarget_ms: float
+    tiles_ms: float
 
 
 def _to_cpu(out: Any) -> Any:

@@ -155,13 +155,109 @@ def test_a_write_error_in_a_thread_fails_only_its_character(library, tiny_ckpt, 
         assert os.path.exists(tmp_path / "run" / "characters" / cid / "_SUCCESS")
 
 
+def _rows_of(library, ids: list[str]) -> pa.Table:
+    from dcnn_flame.generation.preprocess import OUTPUT_SCHEMA, preprocess_character
+
+    root, _, _ = library
+    ds = _decode_settings()
+    return pa.Table.from_pylist([preprocess_character(c, c, [os.path.join(root, c, "portrait.png")], [-1], ds)
+                                 for c in ids], schema=OUTPUT_SCHEMA)
+
+
+def test_two_calls_of_one_actor_overlap_writing_with_the_device_part(library, tiny_ckpt, head, tmp_path):
+    """actor_calls=2: Ray Data runs two calls of the actor at once in threads. One batch's writes
+    must run while the other batch is on the device (each write below waits until the other
+    batch's device part has begun: without the overlap it times out), the device parts never
+    run at the same time (each one lasts 0.3 s longer here, so without the lock they would), and
+    the files are those of one call after the other."""
+    import threading
+    import time
+
+    _, good, _ = library
+    batches = {"a": good[0:3], "b": good[3:6]}
+    seq_run, par_run = str(tmp_path / "seq"), str(tmp_path / "par")
+    seq = _actor(tiny_ckpt, head, seq_run, 1)
+    for ids in batches.values():
+        assert set(seq(_rows_of(library, ids))["status"].to_pylist()) == {"ok"}
+
+    actor = _actor(tiny_ckpt, head, par_run, 1)
+    began = {k: threading.Event() for k in batches}
+    which = {c: k for k, ids in batches.items() for c in ids}
+    inside, most, waited_out = [0], [0], []
+    guard = threading.Lock()
+    device_part, write_character = actor._device_part, actor.writer.write_character
+
+    def timed_device_part(crops, count, views):
+        began[threading.current_thread().name].set()  # the calling thread is named after its batch
+        with guard:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        try:
+            time.sleep(0.3)
+            return device_part(crops, count, views)
+        finally:
+            with guard:
+                inside[0] -= 1
+
+    def waiting_write(character_id, *args, **kwargs):
+        other = "b" if which[character_id] == "a" else "a"
+        if not began[other].wait(timeout=60):
+            waited_out.append(character_id)
+        return write_character(character_id, *args, **kwargs)
+
+    actor._device_part, actor.writer.write_character = timed_device_part, waiting_write
+    status: dict = {}
+
+    def call(key):
+        status[key] = actor(_rows_of(library, batches[key]))["status"].to_pylist()
+
+    threads = [threading.Thread(target=call, args=(k,), name=k) for k in batches]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=180)
+    assert not any(th.is_alive() for th in threads)
+    assert status == {"a": ["ok"] * 3, "b": ["ok"] * 3}
+    assert waited_out == [], "a batch's writes did not overlap the other batch's device part"
+    assert most[0] == 1, "two batches were on the device at once"
+    for cid in good[:6]:
+        for name in ("albedo.png", "preview.png", "_SUCCESS"):
+            with open(os.path.join(seq_run, "characters", cid, name), "rb") as f1, \
+                    open(os.path.join(par_run, "characters", cid, name), "rb") as f2:
+                assert f1.read() == f2.read(), (cid, name)
+        r1, r2 = (pd.read_parquet(os.path.join(r, "results", f"{cid}.parquet")).drop(
+            columns=_TIMING + ["glb_uri", "preview_uri"]) for r in (seq_run, par_run))
+        pd.testing.assert_frame_equal(r2, r1)
+
+
+def test_a_failed_device_part_fails_its_group_with_the_stage(library, tiny_ckpt, head, tmp_path):
+    """A group whose device part fails ends as failure rows naming the stage and the cause, and
+    the device lock is free again for the actor's next batch."""
+    actor = _actor(tiny_ckpt, head, str(tmp_path / "run"), 1)
+    _, good, _ = library
+
+    def broken(recs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    actor._retarget_many = broken
+    st = actor(_rows_of(library, good[:2])).to_pandas()
+    assert st["status"].tolist() == ["failed", "failed"] and set(st["reason"]) == {"error"}
+    fail = pd.read_parquet(tmp_path / "run" / "failures" / f"{good[0]}.parquet")
+    assert fail["stage"].tolist() == ["retarget"]
+    assert fail["detail"].iloc[0] == "RuntimeError: CUDA out of memory (simulated)"
+    assert not actor.device_lock.locked()  # released on the failure: the next call can run
+    del actor._retarget_many  # the class's own again
+    assert actor(_rows_of(library, good[2:3]))["status"].to_pylist() == ["ok"]
+
+
 @pytest.mark.parametrize("field, value, match", [
     ("write_threads", 0, "write_batch_size must be >= 1, got 1, 4, 4, 0, 8, 8"),
     ("read_threads", 0, "write_batch_size must be >= 1, got 1, 4, 4, 1, 0, 8"),
     ("write_batch_size", 0, "write_batch_size must be >= 1, got 1, 4, 4, 1, 8, 0"),
     ("write_stage", "driver", "write_stage must be one of actor, tasks, got 'driver'"),
     ("write_task_cpus", 0.0, "write_task_cpus must be > 0, got 0.0"),
-    ("cuda_wait", "sleep", "cuda_wait must be one of blocking, spin, yield, auto, got 'sleep'")])
+    ("cuda_wait", "sleep", "cuda_wait must be one of blocking, spin, yield, auto, got 'sleep'"),
+    ("actor_calls", 0, "actor_calls must be >= 1 .*got 0")])
 def test_job_refuses_bad_counts_and_write_settings(tmp_path, field, value, match):
     from dcnn_flame.generation.pipeline import run
 

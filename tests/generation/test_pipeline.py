@@ -299,12 +299,13 @@ def test_s3_output_and_query(ray_local, library, tiny_ckpt, s3_bucket):
     assert listing() == objs
 
 
-@pytest.mark.parametrize("write_stage", ["actor", "tasks"])
-def test_killed_worker_outputs_exactly_once(ray_local, library, tiny_ckpt, tmp_path, write_stage):
+@pytest.mark.parametrize("write_stage, actor_calls", [("actor", 1), ("tasks", 1), ("actor", 2)])
+def test_killed_worker_outputs_exactly_once(ray_local, library, tiny_ckpt, tmp_path, write_stage, actor_calls):
     """SIGKILL the process writing a character after it wrote the character's files but before
     its _SUCCESS (write_stage=actor: the reconstruction actor, which Ray restarts, retrying the
     batch; tasks: a write task, which Ray retries): every output exists exactly once. With two
-    write threads: the batch's other character is being written meanwhile."""
+    write threads: the batch's other character is being written meanwhile; with actor_calls=2
+    the actor has a second batch in hand as well (on the device or writing), retried too."""
     import shutil
 
     import pandas as pd
@@ -320,7 +321,7 @@ def test_killed_worker_outputs_exactly_once(ray_local, library, tiny_ckpt, tmp_p
     fault.mkdir()
     cfg = job_config(input_uri=str(lib), checkpoint=tiny_ckpt, output_uri=str(tmp_path / "out"), name="kill",
                      fault_injection=str(fault), batch_size=2, decode_batch_size=2, write_threads=2,
-                     write_stage=write_stage, write_batch_size=2)
+                     write_stage=write_stage, write_batch_size=2, actor_calls=actor_calls)
     result: dict = {}
 
     def target():
@@ -388,3 +389,31 @@ def test_write_tasks_to_s3_then_a_rerun_with_the_actor_stage_skips(ray_local, li
     cfg.write_stage = "actor"
     s2 = run(cfg)
     assert (s2.skipped, s2.completed) == (len(chars), 0)
+
+
+@pytest.mark.parametrize("calls", [1, 2])
+def test_actor_pool_runs_that_many_calls_of_one_actor_at_once(ray_local, calls):
+    """actor_calls is Ray Data's max_concurrent_calls_per_actor with true multi-threading: one
+    actor's calls overlap in time with 2 and never with 1 (Ray Data otherwise runs a callable
+    class's calls one at a time, whatever max_concurrency its actor has)."""
+    import ray
+
+    from dcnn_flame.generation.pipeline import actor_pool
+
+    class Span:  # defined here so that Ray pickles it by value (the test module is not importable there)
+        """Records when each call ran, and in which process."""
+
+        def __call__(self, batch):
+            t0 = time.time()
+            time.sleep(0.4)
+            n = len(batch["id"])
+            return {"start": [t0] * n, "end": [time.time()] * n, "pid": [os.getpid()] * n}
+
+    ds = ray.data.range(6, override_num_blocks=6).map_batches(Span, batch_size=1, compute=actor_pool(1, calls))
+    rows = sorted(ds.take_all(), key=lambda r: r["start"])
+    assert len(rows) == 6 and len({r["pid"] for r in rows}) == 1
+    overlaps = sum(b["start"] < a["end"] for a, b in zip(rows, rows[1:]))
+    if calls == 1:
+        assert overlaps == 0
+    else:
+        assert overlaps >= 2, rows
