@@ -31,6 +31,7 @@ GPU actors keep the device busy while every core encodes and uploads.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 import warnings
@@ -218,7 +219,8 @@ class Reconstruction:
     Attributes:
         shape: [S]; expression: [V, E]; pose: [V, 15];
         albedo: [3, Ht, Wt] (view mean) on the model's device (the preview renderer's input:
-        on a GPU it stays there; what is written is ``texture``);
+        on a GPU it stays there; what is written is ``texture``); the actor drops it (None)
+        once its batch's preview tiles are rendered;
         detail_code: [D] (view mean) or None; au: [V, 17] (NaN without a detector);
         texture: [Ht, Wt, 3] uint8, the albedo as written (albedo.png, the GLB's texture), made on
         the device with the rest of the batch; None = made from ``albedo`` when written.
@@ -227,7 +229,7 @@ class Reconstruction:
     shape: torch.Tensor
     expression: torch.Tensor
     pose: torch.Tensor
-    albedo: torch.Tensor
+    albedo: Optional[torch.Tensor]
     detail_code: Optional[torch.Tensor]
     au: torch.Tensor
     texture: Optional[np.ndarray] = None
@@ -415,6 +417,10 @@ class Reconstructor:
         except Exception:  # noqa: BLE001 - rendered per character instead, where errors fail that character
             tiles = None
         t3 = time.perf_counter()
+        if tiles is not None or not self.writer.previews:
+            # The albedo stays on the device only for previews still to render (per character,
+            # after a failure here): free it before another call's batch comes onto the device.
+            recs = [dataclasses.replace(r, albedo=None) if r.texture is not None else r for r in recs]
         return _DevicePart(recs, names, au, outs, tiles, reconstruct_ms=(t1 - t0) * 1000.0 / count,
                            retarget_ms=(t2 - t1) * 1000.0 / count, tiles_ms=(t3 - t2) * 1000.0 / count)
 

@@ -250,6 +250,32 @@ def test_a_failed_device_part_fails_its_group_with_the_stage(library, tiny_ckpt,
     assert actor(_rows_of(library, good[2:3]))["status"].to_pylist() == ["ok"]
 
 
+def test_the_device_part_frees_the_albedo_unless_previews_are_left_to_render(library, tiny_ckpt, head, tmp_path):
+    """After the batch's preview tiles the reconstructions drop their device albedo (another
+    call's batch may come onto the device while these are written); when the batched tiles
+    fail, the albedo stays and each character's preview is rendered when it is written."""
+    _, good, _ = library
+    actor = _actor(tiny_ckpt, head, str(tmp_path / "run"), 1)
+    crops = [c for r in _rows_of(library, good[:2]).to_pylist() for c in r["images"]]
+    part = actor._device_part(crops, 2, 1)
+    assert part.tiles is not None and all(r.albedo is None and r.texture is not None for r in part.recs)
+
+    batched = actor.writer.preview_tiles
+
+    def fails_for_batches(outs, albedos, names):
+        if len(outs) > 1:
+            raise RuntimeError("out of memory (simulated)")
+        return batched(outs, albedos, names)
+
+    actor.writer.preview_tiles = fails_for_batches
+    part = actor._device_part(crops, 2, 1)
+    assert part.tiles is None and all(r.albedo is not None for r in part.recs)
+    st = actor(_rows_of(library, good[:2]))
+    assert st["status"].to_pylist() == ["ok", "ok"]
+    for cid in good[:2]:
+        assert os.path.getsize(tmp_path / "run" / "characters" / cid / "preview.png") > 0
+
+
 @pytest.mark.parametrize("field, value, match", [
     ("write_threads", 0, "write_batch_size must be >= 1, got 1, 4, 4, 0, 8, 8"),
     ("read_threads", 0, "write_batch_size must be >= 1, got 1, 4, 4, 1, 0, 8"),
