@@ -16,11 +16,11 @@ paper's Figure 8 set, the default here). Prints one line per measurement:
   expression, write the GLB, the preview and the Parquet rows. Characters/s and images/s, with
   the split of its time (reconstruct / retarget+write) from the actor's own status rows.
   ``--write-threads 1,4`` measures it once per value, side by side (threads per actor that
-  write the characters of a batch in parallel); ``--actor-calls 1,2`` likewise (batches an actor
-  works on at once: the actor stage feeds it from that many threads, as Ray Data does). ``--write-stage actor,tasks`` runs the actor and
-  job stages once per write stage (with ``tasks`` the actor stage times the actor handing the
-  characters over, then writing them in this process as one write task would; the job runs the
-  write tasks after the actors). ``--profile 40`` prints the actor stage's 40
+  write the characters of a batch in parallel); ``--actor-calls 1,2`` likewise (batches an
+  actor works on at once: the actor stage feeds it from that many threads, as Ray Data does).
+  ``--write-stage actor,tasks`` runs the actor and job stages once per write stage (with
+  ``tasks`` the actor stage times the actor handing the characters over, then writing them in
+  this process as one write task would; the job runs the write tasks after the actors). ``--profile 40`` prints the actor stage's 40
   costliest functions (cProfile; how the H200 actor's write path was found, docs/generation.md).
 - job:    the whole Ray Data job (:func:`dcnn_flame.generation.pipeline.run`: read, detect,
   align, actor pool, writes) over a manifest of ``--characters`` characters: characters/s and
@@ -246,6 +246,17 @@ def bench_job(cfg, by_process: bool = False) -> dict:
             "by_process": procs.by_label() if procs is not None else None}
 
 
+def _counts(text: str, flag: str) -> list[int]:
+    """A comma-separated list of integers >= 1 (each value run side by side)."""
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"{flag} must be integers separated by commas, got {text!r}")
+    if not values or min(values) < 1:
+        raise SystemExit(f"{flag} values must be >= 1, got {text!r}")
+    return values
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     from dcnn_flame.config import GenerateConfig, RayConfig
     from dcnn_flame.generation.emotions import FIGURE8_EXPRESSIONS
@@ -304,24 +315,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     unknown = stages - {"decode", "model", "actor", "job"}
     if unknown:
         raise SystemExit(f"unknown --stages {sorted(unknown)}; choose from decode, model, actor, job")
-    try:
-        write_threads = [int(x) for x in args.write_threads.split(",") if x.strip()]
-    except ValueError:
-        raise SystemExit(f"--write-threads must be integers separated by commas, got {args.write_threads!r}")
-    if not write_threads or min(write_threads) < 1:
-        raise SystemExit(f"--write-threads values must be >= 1, got {args.write_threads!r}")
+    write_threads = _counts(args.write_threads, "--write-threads")
     write_stages = [w.strip() for w in args.write_stage.split(",") if w.strip()]
     if not write_stages or set(write_stages) - {"actor", "tasks"}:
         raise SystemExit(f"--write-stage takes actor, tasks or both, got {args.write_stage!r}")
     cuda_waits = [c.strip() for c in args.cuda_wait.split(",") if c.strip()]
     if not cuda_waits or set(cuda_waits) - {"blocking", "spin", "yield", "auto"}:
         raise SystemExit(f"--cuda-wait takes blocking, spin, yield, auto (comma-separated), got {args.cuda_wait!r}")
-    try:
-        actor_calls = [int(x) for x in args.actor_calls.split(",") if x.strip()]
-    except ValueError:
-        raise SystemExit(f"--actor-calls must be integers separated by commas, got {args.actor_calls!r}")
-    if not actor_calls or min(actor_calls) < 1:
-        raise SystemExit(f"--actor-calls values must be >= 1, got {args.actor_calls!r}")
+    actor_calls = _counts(args.actor_calls, "--actor-calls")
     workdir = args.workdir or tempfile.mkdtemp(prefix="bm_generate_")
     os.makedirs(workdir, exist_ok=True)
     device = torch.device(args.device)

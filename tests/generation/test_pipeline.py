@@ -305,7 +305,7 @@ def test_killed_worker_outputs_exactly_once(ray_local, library, tiny_ckpt, tmp_p
     its _SUCCESS (write_stage=actor: the reconstruction actor, which Ray restarts, retrying the
     batch; tasks: a write task, which Ray retries): every output exists exactly once. With two
     write threads: the batch's other character is being written meanwhile; with actor_calls=2
-    the actor has a second batch in hand as well (on the device or writing), retried too."""
+    the actor may hold a second batch as well (on the device or writing), retried with it."""
     import shutil
 
     import pandas as pd
