@@ -9,6 +9,8 @@ Where character ids come from
   layout: one image per character). Both may be mixed; the same id from both is merged.
 - A manifest (CSV or Parquet, columns ``character_id`` and ``image_uri``; one row per image).
   Relative ``image_uri`` values are resolved against ``input_uri`` (or the manifest's folder).
+  Ids are text: a Parquet column of integer ids (``101``) gives the ids ``"101"``, as the same
+  manifest in CSV does; an empty cell is a ``bad_id`` failure ("missing").
 
 Ids and keys. Every path we write uses ``character_key = storage.safe_key(character_id)``,
 which keeps ``[A-Za-z0-9._-]`` and replaces anything else (adding a hash), so ids with spaces or
@@ -61,6 +63,8 @@ class LibraryPlan:
 
 def bad_id_reason(character_id: Any) -> Optional[str]:
     """Why ``character_id`` cannot be used (a human-readable detail), or None when it is fine."""
+    if character_id is None:
+        return "character_id is missing (an empty cell in the manifest)"
     if not isinstance(character_id, str):
         return f"character_id must be a string, got {type(character_id).__name__}"
     if not character_id.strip():
@@ -105,28 +109,71 @@ def list_library(input_uri: str, options: Optional[StorageOptions] = None) -> di
     return out
 
 
+def _manifest_columns(uri: str, data: bytes) -> tuple[list[Any], list[Any], list[str]]:
+    """(character ids, image URIs, column names) of a manifest's bytes; ids and URIs as text
+    (integer ids such as ``101`` become ``"101"``), None for an empty Parquet cell."""
+    if uri.lower().endswith(".parquet"):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(io.BytesIO(data))
+        except (pa.ArrowInvalid, OSError) as e:
+            raise ValueError(f"{uri}: not a readable Parquet file ({e}); give a Parquet or CSV manifest with "
+                             f"columns character_id and image_uri") from None
+        names = [str(c).strip() for c in table.column_names]
+        cols = dict(zip(names, table.columns))
+
+        def text(name: str) -> list[Any]:
+            col = cols[name]
+            if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+                try:
+                    col = pc.cast(col, pa.string())
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    raise ValueError(f"{uri}: manifest column {name} has type {col.type}; it must hold "
+                                     f"text (or integer ids)") from None
+            return col.to_pylist()
+    else:
+        import pandas as pd
+
+        try:
+            df = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+        except pd.errors.EmptyDataError:
+            raise ValueError(f"{uri}: the manifest is empty; it needs a header line 'character_id,image_uri' "
+                             f"and one row per image") from None
+        except (pd.errors.ParserError, UnicodeDecodeError) as e:
+            raise ValueError(f"{uri}: not a readable CSV manifest ({e}); give a CSV (UTF-8, header line "
+                             f"'character_id,image_uri') or a .parquet file") from None
+        df.columns = [str(c).strip() for c in df.columns]
+        names = list(df.columns)
+
+        def text(name: str) -> list[Any]:
+            return list(df[name])
+    missing = {"character_id", "image_uri"} - set(names)
+    if missing:
+        raise ValueError(f"{uri}: the manifest needs columns character_id and image_uri (one row per image); "
+                         f"missing {sorted(missing)}, found {names}")
+    return text("character_id"), text("image_uri"), names
+
+
 def read_manifest(manifest_uri: str, options: Optional[StorageOptions] = None,
                   base_uri: Optional[str] = None) -> list[tuple[Any, str]]:
-    """``[(character_id, image uri)]`` from a CSV or Parquet manifest (module docstring)."""
-    import pandas as pd
+    """``[(character_id, image uri)]`` from a CSV or Parquet manifest (module docstring).
 
+    Raises:
+        FileNotFoundError: no such manifest.
+        ValueError: unreadable, empty, or without the two columns (the message names the file).
+    """
     uri = storage.resolve(manifest_uri)
     try:
         data = storage.read_bytes(uri, options)
     except FileNotFoundError:
         raise FileNotFoundError(f"manifest_uri {uri!r} does not exist") from None
-    if uri.lower().endswith(".parquet"):
-        df = pd.read_parquet(io.BytesIO(data))
-    else:
-        df = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
-    df.columns = [str(c).strip() for c in df.columns]
-    missing = {"character_id", "image_uri"} - set(df.columns)
-    if missing:
-        raise ValueError(f"{uri}: the manifest needs columns character_id and image_uri (one row per image); "
-                         f"missing {sorted(missing)}, found {list(df.columns)}")
+    ids, images, _ = _manifest_columns(uri, data)
     base = storage.resolve(base_uri) if base_uri else uri.rsplit("/", 1)[0]
     rows = []
-    for cid, img in zip(df["character_id"], df["image_uri"]):
+    for cid, img in zip(ids, images):
         img = "" if img is None else str(img).strip()
         if img and "://" not in img and not img.startswith("/"):
             img = storage.join(base, img)

@@ -250,10 +250,11 @@ def run(cfg: "GenerateConfig") -> GenerateSummary:
     t_start = time.time()
     options = storage_options(cfg)
     counts = (cfg.num_actors, cfg.batch_size, cfg.decode_batch_size, cfg.write_threads, cfg.read_threads,
-              cfg.write_batch_size)
+              cfg.write_batch_size, cfg.max_images_per_character)
     if min(counts) < 1:
-        raise ValueError(f"num_actors, batch_size, decode_batch_size, write_threads, read_threads and "
-                         f"write_batch_size must be >= 1, got {', '.join(str(c) for c in counts)}")
+        raise ValueError(f"num_actors, batch_size, decode_batch_size, write_threads, read_threads, "
+                         f"write_batch_size and max_images_per_character must be >= 1, got "
+                         f"{', '.join(str(c) for c in counts)}")
     if int(cfg.actor_calls) < 1:
         raise ValueError(f"actor_calls must be >= 1 (batches one reconstruction actor works on at once), "
                          f"got {cfg.actor_calls}")

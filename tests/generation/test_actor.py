@@ -277,9 +277,10 @@ def test_the_device_part_frees_the_albedo_unless_previews_are_left_to_render(lib
 
 
 @pytest.mark.parametrize("field, value, match", [
-    ("write_threads", 0, "write_batch_size must be >= 1, got 1, 4, 4, 0, 8, 8"),
-    ("read_threads", 0, "write_batch_size must be >= 1, got 1, 4, 4, 1, 0, 8"),
-    ("write_batch_size", 0, "write_batch_size must be >= 1, got 1, 4, 4, 1, 8, 0"),
+    ("write_threads", 0, "max_images_per_character must be >= 1, got 1, 4, 4, 0, 8, 8, 8"),
+    ("read_threads", 0, "max_images_per_character must be >= 1, got 1, 4, 4, 1, 0, 8, 8"),
+    ("write_batch_size", 0, "max_images_per_character must be >= 1, got 1, 4, 4, 1, 8, 0, 8"),
+    ("max_images_per_character", -1, "max_images_per_character must be >= 1, got 1, 4, 4, 1, 8, 8, -1"),
     ("write_stage", "driver", "write_stage must be one of actor, tasks, got 'driver'"),
     ("write_task_cpus", 0.0, "write_task_cpus must be > 0, got 0.0"),
     ("cuda_wait", "sleep", "cuda_wait must be one of blocking, spin, yield, auto, got 'sleep'"),

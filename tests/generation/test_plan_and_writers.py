@@ -55,6 +55,34 @@ def test_safe_keys_stay_inside_the_prefix_and_collisions_fail(tmp_path):
     assert len(set(keys.values())) == len(keys)
 
 
+def test_manifest_ids_are_text_in_parquet_as_in_csv(tmp_path):
+    """Integer ids in a Parquet manifest are the ids a CSV of the same rows gives ("101"); an
+    empty cell is a bad_id failure that says so."""
+    import pyarrow as pa
+
+    _touch(tmp_path / "ok.png")
+    pq.write_table(pa.table({"character_id": pa.array([101, 102, None], pa.int64()),
+                             "image_uri": ["ok.png", "ok.png", "ok.png"]}), tmp_path / "m.parquet")
+    (tmp_path / "m.csv").write_text("character_id,image_uri\n101,ok.png\n102,ok.png\n,ok.png\n")
+    plans = [library.plan_library(str(tmp_path), str(tmp_path / m)) for m in ("m.parquet", "m.csv")]
+    for plan in plans:
+        assert [(t.character_id, t.key) for t in plan.tasks] == [("101", "101"), ("102", "102")]
+        assert [f["reason"] for f in plan.failures] == ["bad_id"]
+    assert "missing" in plans[0].failures[0]["detail"] and "empty" in plans[1].failures[0]["detail"]
+
+
+@pytest.mark.parametrize("name, data, match", [
+    ("m.csv", b"", "the manifest is empty"),
+    ("m.parquet", b"PAR1 not really", "not a readable Parquet file"),
+    ("m.csv", b"id,uri\na,b.png\n", r"needs columns character_id and image_uri.*found \['id', 'uri'\]"),
+])
+def test_unreadable_manifests_name_the_file_and_the_columns(tmp_path, name, data, match):
+    _touch(tmp_path / name, data)
+    with pytest.raises(ValueError, match=match) as e:
+        library.plan_library(None, str(tmp_path / name))
+    assert str(tmp_path / name) in str(e.value)
+
+
 def test_completed_keys_reads_success_markers(tmp_path):
     run = str(tmp_path / "run")
     _touch(os.path.join(run, "characters", "a", "_SUCCESS"))
