@@ -168,7 +168,9 @@ class CheckpointingConfig:
     """Checkpoints kept (Ray ``num_to_keep``): the last ones, or the best ones when best_metric
     is set. The latest checkpoint is always kept too (it is what a restart resumes from)."""
     best_metric: Optional[str] = None
-    """Reported metric that ranks checkpoints (e.g. "val/vertex_error"); None = keep the last."""
+    """Reported metric that ranks checkpoints (e.g. "val/vertex_error_mm"; each validation set's
+    metrics are reported as ``<set>/<name>``); None = keep the last. A name that the run does not
+    report stops it at its first checkpoint, naming the reported ones."""
     best_mode: str = "min"
     """"min" or "max" for best_metric."""
     every: Optional[int] = None
@@ -416,7 +418,8 @@ class QueryConfig:
 
     uri: Optional[str] = None
     """The batch job's output prefix ``<out>`` (holding ``<out>/<run>/results/*.parquet`` and
-    ``<out>/<run>/failures/*.parquet``): local path or URI. None = ``storage.uri``."""
+    ``<out>/<run>/failures/*.parquet``): local path or URI. None = ``<storage.uri>/generated``,
+    where the batch job writes by default. A path that does not exist is refused."""
     runs: Optional[list[str]] = None
     """Only these run folders form the ``results``/``failures`` views; None = every run."""
     named: Optional[str] = None
@@ -534,8 +537,9 @@ class GenerateConfig:
     the checkpoint's ``supervision.teachers_path`` when it has one; without any, AU columns of
     reconstruction rows are NaN."""
     au_map_path: Optional[str] = None
-    """AU -> FLAME expression/jaw map (.npz with au_to_expr, au_to_jaw) for real FLAME models;
-    None = the head model's own map (the procedural head has one) or the checkpoint's setting."""
+    """AU -> FLAME expression/jaw map (.npz with au_to_expr, au_to_jaw; a path or a URI) for real
+    FLAME models. None = the checkpoint's ``supervision.au_map_path`` when it has one, else the
+    head model's own map (the procedural head has one). Checked on the driver before any work."""
     bank_path: Optional[str] = None
     """YAML file extending (or with bank_replace, replacing) the default expression bank."""
     bank_replace: bool = False
@@ -554,7 +558,9 @@ class GenerateConfig:
     preview_size: int = 160
     """Side of each preview tile in pixels."""
     preview_max: int = 16
-    """Most expressions shown in the preview (first ones of the bank, then performance frames)."""
+    """Most tiles on the preview sheet: the character's neutral mesh (the GLB's base mesh: its
+    identity with zero expression and pose), then the first ``preview_max - 1`` expressions (the
+    bank's order, then performance frames)."""
     bake_detail: bool = True
     """Move mesh vertices along their normals by the reconstructed detail displacement (the
     detail branch's UV map, per expression) so the meshes carry the character's detail."""

@@ -68,6 +68,8 @@ class GenerateSummary:
     stage_s: float = 0.0
     """Wall time of the Ray Data stage (decode, reconstruct, retarget, write): throughput base."""
     failed_ids: list[str] = field(default_factory=list)
+    unrecorded_ids: list[str] = field(default_factory=list)
+    """Failed characters whose failure rows storage refused (their ids are only here)."""
     exit_code: int = 0
 
     @property
@@ -86,9 +88,12 @@ class GenerateSummary:
                f"  failure rows: {self.plan_failures} plan (bad id / no image), {self.image_failures} image",
                f"  {self.elapsed_s:.1f}s in all; Ray stage {self.stage_s:.1f}s: "
                f"{self.characters_per_s:.2f} characters/s, {self.images_per_s:.2f} images/s"]
-        if self.failed_ids:
-            more = "" if len(self.failed_ids) <= 10 else f" (+{len(self.failed_ids) - 10} more)"
-            out.append(f"  failed characters: {', '.join(self.failed_ids[:10])}{more}")
+        for ids, what in ((self.failed_ids, "failed characters"),
+                          (self.unrecorded_ids, "failed characters WITHOUT failure rows (storage refused them; "
+                                                "see the job's log)")):
+            if ids:
+                more = "" if len(ids) <= 10 else f" (+{len(ids) - 10} more)"
+                out.append(f"  {what}: {', '.join(ids[:10])}{more}")
         return out
 
 
@@ -100,20 +105,45 @@ def _fingerprint(d: dict) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+#: The folders of a run that hold per-character state (cleared by an overwrite with new settings).
+RUN_STATE_FOLDERS = ("characters", "results", "failures")
+
+
+def clear_run(run_uri: str, options: StorageOptions) -> None:
+    """Delete a run's per-character state (:data:`RUN_STATE_FOLDERS`): no ``_SUCCESS``, result or
+    failure row of the old settings survives. Its ``_RUN.json`` is left to the caller."""
+    for name in RUN_STATE_FOLDERS:
+        fs, path = storage.get_fs(storage.join(run_uri, name), options)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+
+
 def guard_run(run_uri: str, info: dict, overwrite: bool, options: StorageOptions) -> None:
-    """Write ``_RUN.json`` for a new run; refuse a rerun with other settings unless ``overwrite``."""
+    """Bind the run to its settings (``_RUN.json``).
+
+    A new run writes ``_RUN.json``. A rerun with the same fingerprint goes on. A rerun with other
+    settings is refused, unless ``overwrite``: then the run's characters, results and failures
+    are deleted first (:func:`clear_run`) and ``_RUN.json`` is rewritten last, so that a job
+    killed in between leaves a run that a plain rerun either refuses (old ``_RUN.json``, other
+    settings) or continues consistently (old settings), never one mixing two settings. Settings
+    that a newer version records and the old ``_RUN.json`` lacks do not count as a difference
+    (an upgrade does not orphan a run); ``_RUN.json`` is then rewritten with them.
+    """
     uri = storage.join(run_uri, RUN_FILE)
     data = json.dumps(info, indent=1, sort_keys=True).encode()
     if storage.exists(uri, options):
         old = json.loads(storage.read_bytes(uri, options).decode())
         if old.get("fingerprint") == info["fingerprint"]:
             return
-        if not overwrite:
-            diff = sorted(k for k in set(old.get("settings", {})) | set(info["settings"])
-                          if old.get("settings", {}).get(k) != info["settings"].get(k))
-            raise ValueError(f"run {run_uri!r} was made with other settings ({', '.join(diff) or 'fingerprint'} "
-                             f"differ; see {uri}); use a new name=... for a new run, or overwrite=true to redo "
-                             f"every character with the new settings")
+        was, now = old.get("settings", {}), info["settings"]
+        diff = sorted(k for k in set(was) | set(now) if k in was and was.get(k) != now.get(k))
+        if diff or not was:
+            if not overwrite:
+                raise ValueError(f"run {run_uri!r} was made with other settings ({', '.join(diff) or 'fingerprint'} "
+                                 f"differ; see {uri}); use a new name=... for a new run, or overwrite=true to "
+                                 f"redo every character with the new settings (it deletes the run's outputs "
+                                 f"made with the old ones)")
+            clear_run(run_uri, options)
     storage.atomic_write_bytes(uri, data, options)
 
 
@@ -127,6 +157,34 @@ def resolve_bank(cfg: "GenerateConfig", options: StorageOptions) -> tuple[list[s
     if not 0.0 <= float(cfg.intensity) <= 1.0:
         raise ValueError(f"intensity must be in [0, 1], got {cfg.intensity}")
     return names, bank.matrix(names) * float(cfg.intensity)
+
+
+def resolve_au_map(cfg: "GenerateConfig", ckpt_config: dict, flame_data: Any, names: list[str],
+                   options: StorageOptions) -> tuple[Optional[str], Optional[str]]:
+    """The AU map the actors will use, checked on the driver before any work: (its file, resolved:
+    ``au_map_path`` or else the checkpoint's ``supervision.au_map_path``; None = the head model's
+    own map) and a digest of its matrices (None when it could not be checked here: the head
+    model is a file the driver cannot read). Raises what the actors would (no map, bad file)."""
+    from dcnn_flame.generation.retarget import load_au_map
+
+    path = cfg.au_map_path or (ckpt_config.get("supervision") or {}).get("au_map_path") or None
+    path = storage.resolve(path) if path else None
+    if not names:
+        return path, None
+    data = flame_data
+    if data is None and not path:
+        from dcnn_flame.flame.factory import load_flame_data
+        from dcnn_flame.generation.predictor import checkpoint_flame_config
+
+        try:
+            data = load_flame_data(checkpoint_flame_config(ckpt_config))
+        except (OSError, ValueError):
+            return path, None  # the actors load it (their nodes may hold the file) and check there
+    au_map = load_au_map(data, path, options)
+    h = hashlib.sha256()
+    for t in au_map.buffers():
+        h.update(t.detach().cpu().numpy().tobytes())
+    return path, h.hexdigest()[:16]
 
 
 def decode_settings(cfg: "GenerateConfig", options: StorageOptions, detector: str):
@@ -180,8 +238,39 @@ def _demo_inputs(cfg: "GenerateConfig", options: StorageOptions) -> tuple[Option
     return input_uri, checkpoint, detector, demo_lib
 
 
+#: Expression names the job's own outputs use (the results' reconstruction row, the neutral OBJ).
+RESERVED_EXPRESSIONS = ("reconstruction", "neutral_mesh")
+
+
+def performance_name(uri: str, root: str) -> str:
+    """``perf_<path below root without suffix>`` (``/`` -> ``_``, then :func:`storage.safe_key`):
+    ``take3/frame_0001.png`` -> ``perf_frame_0001``, ``take3/cam0/frame_0001.png`` -> ``perf_cam0_frame_0001``."""
+    root = storage.resolve(root).rstrip("/") + "/"
+    rel = uri[len(root):] if uri.startswith(root) else uri.rsplit("/", 1)[-1]
+    return f"perf_{storage.safe_key(os.path.splitext(rel)[0].replace('/', '_'))}"
+
+
+def check_expression_names(bank: list[str], performance: list[str]) -> None:
+    """Refuse expression names that would overwrite each other's outputs (one morph target, one
+    OBJ file and one results row per name) or the job's own, with what to rename."""
+    seen: dict[str, str] = {}
+    for name, origin in [(n, "expression bank") for n in bank] + [(n, "performance frames") for n in performance]:
+        if name in RESERVED_EXPRESSIONS:
+            raise ValueError(f"expression name {name!r} ({origin}) is reserved for the job's own outputs "
+                             f"({', '.join(RESERVED_EXPRESSIONS)}); rename it")
+        if origin == "expression bank" and name.startswith("perf_"):
+            raise ValueError(f"expression bank name {name!r}: the prefix perf_ is kept for performance frames; "
+                             f"rename it")
+        if storage.safe_key(name) in seen:
+            raise ValueError(f"two expressions are both named {name!r} ({seen[storage.safe_key(name)]} and "
+                             f"{origin}; performance frames are named by their path below performance_uri "
+                             f"without the suffix); rename one of them")
+        seen[storage.safe_key(name)] = origin
+
+
 def _performance(cfg: "GenerateConfig", settings, options: StorageOptions, checkpoint: str, flame_data):
-    """Reconstruct the performance images on the driver -> (names, expression [P][E], jaw [P][3])."""
+    """Reconstruct the performance images on the driver -> (names, expression [P][E], jaw [P][3],
+    digest of the frames' aligned crops)."""
     import torch
 
     from dcnn_flame.generation.predictor import decode_crops, load_model, reconstruct
@@ -193,13 +282,17 @@ def _performance(cfg: "GenerateConfig", settings, options: StorageOptions, check
     row = preprocess_character("performance", "performance", uris, [-1] * len(uris), settings)
     if not row["images"]:
         raise ValueError(f"no usable image in performance_uri {cfg.performance_uri!r}: {row['failures']}")
+    for f in json.loads(row["failures"] or "[]"):
+        print(f"generate: warning: performance frame {f.get('input_uri')} skipped ({f.get('stage')}: "
+              f"{f.get('reason')}, {f.get('detail')})", flush=True)
     loaded = load_model(checkpoint, options, flame_data)
     x = decode_crops(row["images"], int(loaded.model.cfg.image_size))
     recs = reconstruct(loaded, x[:, None])
-    names = [f"perf_{storage.safe_key(os.path.splitext(u.rsplit('/', 1)[-1])[0])}" for u in row["image_ok_uris"]]
+    names = [performance_name(u, cfg.performance_uri) for u in row["image_ok_uris"]]
     expr = torch.stack([r.expression[0] for r in recs]).tolist()
     jaw = torch.stack([r.pose[0, 6:9] for r in recs]).tolist()
-    return names, expr, jaw
+    digest = hashlib.sha256(b"".join(row["images"])).hexdigest()[:16]
+    return names, expr, jaw, digest
 
 
 def write_room_problem(cfg: "GenerateConfig", cluster_cpus: float) -> Optional[str]:
@@ -243,6 +336,7 @@ def run(cfg: "GenerateConfig") -> GenerateSummary:
     from dcnn_flame.generation.library import completed_keys, plan_library
     from dcnn_flame.generation.predictor import WRITE_STAGES, ActorSettings, Reconstructor
     from dcnn_flame.generation.preprocess import preprocess_batch
+    from dcnn_flame.generation.write_stage import UNRECORDED
     from dcnn_flame.generation.writers import failures_uri, write_failures_if_changed
     from dcnn_flame.ray_utils import init_ray, resolve_address
     from dcnn_flame.training.checkpoint import load_checkpoint_for_inference, resolve_checkpoint
@@ -287,6 +381,8 @@ def run(cfg: "GenerateConfig") -> GenerateSummary:
         if not ck_flame.get("model_path"):
             flame_data = procedural_head(int(ck_flame.get("procedural_seed", FlameConfig.procedural_seed)))
 
+    au_map_path, au_map_digest = resolve_au_map(cfg, ckpt_config, flame_data, names, options)
+
     from dcnn_flame.io.arrow_fs import fsspec_filesystem
 
     dsettings, det_msg = decode_settings(cfg, options, detector)
@@ -296,15 +392,25 @@ def run(cfg: "GenerateConfig") -> GenerateSummary:
         dsettings = dataclasses.replace(dsettings, fs=fsspec_filesystem(input_uri, options))
     out_fs = None if storage.is_local(output_uri) else fsspec_filesystem(output_uri, options)
     print(f"generate: {det_msg}", flush=True)
-    perf_names, perf_expr, perf_jaw = (), (), ()
+    perf_names, perf_expr, perf_jaw, perf_digest = (), (), (), None
     if cfg.performance_uri:
-        perf_names, perf_expr, perf_jaw = _performance(cfg, dsettings, options, ckpt_uri, flame_data)
+        perf_names, perf_expr, perf_jaw, perf_digest = _performance(cfg, dsettings, options, ckpt_uri, flame_data)
+    check_expression_names(list(names), list(perf_names))
 
+    # Everything that changes what is written for a character (a rerun with other values is
+    # refused, see guard_run); not the layout of the work (actors, batches, threads, device).
     settings_info = {"checkpoint": ckpt_uri, "checkpoint_step": step, "expressions": names,
                      "bank_au": [[round(float(x), 6) for x in row] for row in bank_au],
-                     "intensity": cfg.intensity, "performance": list(perf_names), "bake_detail": cfg.bake_detail,
-                     "write_obj": cfg.write_obj, "preview": cfg.preview, "au_map_path": cfg.au_map_path,
-                     "teachers_path": cfg.teachers_path, "model_path": cfg.flame.model_path}
+                     "intensity": cfg.intensity, "performance": list(perf_names),
+                     "performance_frames": perf_digest, "bake_detail": cfg.bake_detail,
+                     "write_obj": cfg.write_obj, "preview": cfg.preview, "preview_size": cfg.preview_size,
+                     "preview_max": cfg.preview_max, "au_map_path": au_map_path, "au_map": au_map_digest,
+                     "teachers_path": cfg.teachers_path, "model_path": cfg.flame.model_path, "bf16": cfg.bf16,
+                     "decode": {"detector": dsettings.worker.detector, "landmarks": dsettings.worker.landmarks,
+                                "align": cfg.align, "margin": cfg.margin, "min_crop_std": cfg.min_crop_std,
+                                "center_crop_fraction": cfg.center_crop_fraction,
+                                "min_image_size": cfg.min_image_size,
+                                "max_images_per_character": cfg.max_images_per_character}}
     guard_run(run_uri, {"run_name": run_name, "fingerprint": _fingerprint(settings_info), "settings": settings_info,
                         "model_version": dcnn_flame.__version__}, cfg.overwrite, options)
 
@@ -341,7 +447,7 @@ def run(cfg: "GenerateConfig") -> GenerateSummary:
             bank_au=tuple(tuple(float(x) for x in r) for r in bank_au), intensity=float(cfg.intensity),
             performance_names=tuple(perf_names), performance_expression=tuple(tuple(r) for r in perf_expr),
             performance_jaw=tuple(tuple(r) for r in perf_jaw), teachers_path=cfg.teachers_path,
-            au_map_path=cfg.au_map_path, device=cfg.device, bf16=cfg.bf16, cuda_wait=cfg.cuda_wait,
+            au_map_path=au_map_path, device=cfg.device, bf16=cfg.bf16, cuda_wait=cfg.cuda_wait,
             write_obj=cfg.write_obj,
             preview=cfg.preview, preview_size=cfg.preview_size, preview_max=cfg.preview_max,
             bake_detail=cfg.bake_detail, model_version=dcnn_flame.__version__, write_threads=int(cfg.write_threads),
@@ -381,6 +487,8 @@ def run(cfg: "GenerateConfig") -> GenerateSummary:
                     else:
                         summary.failed += 1
                         summary.failed_ids.append(str(r["character_id"]))
+                        if str(r["reason"] or "").startswith(UNRECORDED):
+                            summary.unrecorded_ids.append(str(r["character_id"]))
         finally:
             ctx.enable_progress_bars, ctx.execution_no_progress_timeout_s = saved
         summary.stage_s = time.time() - t_stage

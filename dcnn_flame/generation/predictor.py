@@ -64,11 +64,12 @@ class ActorSettings:
         bank_names: expressions to generate, in order.
         bank_au: [K][17] AU profiles (intensity applied).
         intensity: the intensity applied (stored per row).
-        performance_names: extra morph targets from a performance (``perf_<stem>``).
+        performance_names: extra morph targets from a performance (``pipeline.performance_name``).
         performance_expression: [P][E] expression coefficients of the performance frames.
         performance_jaw: [P][3] jaw axis-angle of the performance frames.
         teachers_path: AU detector file or None (then the checkpoint's, if any).
-        au_map_path: AU -> expression map .npz or None (the head model's own).
+        au_map_path: AU -> expression map .npz (path or URI, resolved by the driver) or None
+            (the head model's own).
         device: "auto", "cpu" or "cuda".
         bf16: bf16 autocast of the network forward on CUDA.
         cuda_wait: how the actor's thread waits for its GPU (:mod:`.cuda_wait`; set before the
@@ -317,7 +318,7 @@ class Reconstructor:
         m = self.loaded.model
         data = self.loaded.flame_data
         self.image_size = int(m.cfg.image_size)
-        au_map = load_au_map(data, s.au_map_path) if s.bank_names else None
+        au_map = load_au_map(data, s.au_map_path, s.storage) if s.bank_names else None
         self.retargeter = Retargeter(data, m.n_shape, m.n_expr, au_map).to(self.device)
         self.writer = CharacterWriter(s, data, self.loaded.step, self.device)
         self.bank_au = torch.tensor(s.bank_au, dtype=torch.float32).reshape(len(s.bank_names), 17)

@@ -18,7 +18,7 @@ by the map's value at its UV, so exported meshes carry it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -55,12 +55,42 @@ class LinearAUMap(nn.Module):
         return au @ self.au_to_expr, au @ self.au_to_jaw
 
 
-def load_au_map(data: FlameModelData, au_map_path: Optional[str] = None) -> nn.Module:
+def read_au_map_file(uri: str, storage_options: Any = None) -> LinearAUMap:
+    """An AU map file (.npz with au_to_expr [17, E] and au_to_jaw [17, 3]; a local path or a URI
+    such as s3://...) -> :class:`LinearAUMap`.
+
+    Raises:
+        FileNotFoundError / ValueError: naming the file and what it must hold.
+    """
+    import io
+
+    from dcnn_flame.io import storage
+
+    uri = storage.resolve(uri)
+    try:
+        data = storage.read_bytes(uri, storage_options)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"au_map_path {uri!r} does not exist (an .npz with au_to_expr [17, E] and "
+                                f"au_to_jaw [17, 3])") from None
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            missing = {"au_to_expr", "au_to_jaw"} - set(z.files)
+            if missing:
+                raise ValueError(f"needs arrays {sorted(missing)}; found {z.files}")
+            expr, jaw = np.asarray(z["au_to_expr"]), np.asarray(z["au_to_jaw"])
+        return LinearAUMap(expr, jaw)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"au_map_path {uri!r}: not a usable AU map ({e}); it must be an .npz with "
+                         f"au_to_expr [17, E] and au_to_jaw [17, 3]") from None
+
+
+def load_au_map(data: FlameModelData, au_map_path: Optional[str] = None, storage_options: Any = None) -> nn.Module:
     """The AU -> (expression, jaw) map of a head model.
 
     Order of preference: an explicit file (``au_map_path``, .npz with au_to_expr/au_to_jaw, for
-    real FLAME models), the head model's own :class:`dcnn_flame.flame.au_map.AUExpressionMap`,
-    the linear map in ``data.extras`` (au_to_expr, au_to_jaw).
+    real FLAME models; a local path or a URI, read with ``storage_options``), the head model's
+    own :class:`dcnn_flame.flame.au_map.AUExpressionMap`, the linear map in ``data.extras``
+    (au_to_expr, au_to_jaw).
 
     Returns:
         a module ``au [K, 17] -> (expression [K, E'], jaw [K, 3])`` (E' = the map's width).
@@ -68,9 +98,7 @@ def load_au_map(data: FlameModelData, au_map_path: Optional[str] = None) -> nn.M
         ValueError: naming what to provide when the model has no map.
     """
     if au_map_path:
-        from dcnn_flame.model.criterion import load_au_map as _read
-
-        return LinearAUMap(*_read(au_map_path))
+        return read_au_map_file(au_map_path, storage_options)
     try:
         from dcnn_flame.flame.au_map import AUExpressionMap
     except ImportError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -69,14 +70,24 @@ def maybe_block(fault_dir: Optional[str]) -> None:
         time.sleep(0.05)
 
 
+#: Prefix of a failed character's status ``reason`` when its failure could not be stored.
+UNRECORDED = "unrecorded: "
+
+
 def fail_character(writer: Any, row: dict, num_images: int, stage: str, reason: str, detail: str) -> dict:
-    """Write the character's failures table (its image failures + this one); its status row."""
+    """Mark the character not complete (:meth:`CharacterWriter.clear_character`) and write its
+    failures table (its image failures + this one); its status row. When storage refuses those
+    writes the status row's reason says so (prefix :data:`UNRECORDED`; the job's summary counts
+    them) and the character still has no ``_SUCCESS``."""
     failures = json.loads(row.get("failures") or "[]")
     failures.append({"input_uri": None, "stage": stage, "reason": reason, "detail": detail})
     try:
+        writer.clear_character(row["character_key"])
         writer.write_failures(row["character_id"], row["character_key"], failures)
-    except Exception:  # noqa: BLE001 - reported in the status row below
-        pass
+    except Exception as exc:  # noqa: BLE001 - reported in the status row below
+        reason = f"{UNRECORDED}{reason} ({type(exc).__name__}: {exc})"
+        print(f"generate: the failure of character {row['character_id']!r} ({stage}: {detail}) could not be "
+              f"stored: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
     return {"character_id": row["character_id"], "character_key": row["character_key"], "status": "failed",
             "num_images": int(num_images), "num_failures": len(failures), "num_expressions": 0,
             "reason": reason, "reconstruct_ms": 0.0, "write_ms": 0.0}

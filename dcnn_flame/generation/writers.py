@@ -304,7 +304,7 @@ class CharacterWriter:
         """[1 + shown, size, size, 3] tiles -> the preview sheet's PNG (caption layout cached)."""
         from dcnn_flame.data.contact_sheet import SheetTemplate
 
-        labels = ["reconstruction"] + [names[k] for k in self.preview_indices(names)]
+        labels = ["neutral"] + [names[k] for k in self.preview_indices(names)]
         key = (tuple(labels), tiles.shape)
         sheet = self._sheets.get(key)
         if sheet is None:
@@ -313,6 +313,13 @@ class CharacterWriter:
             sheet = self._sheets[key] = SheetTemplate(len(tiles), tiles.shape[1], tiles.shape[2],
                                                       cols=min(5, len(tiles)), labels=labels)
         return png_bytes(sheet.compose(tiles))
+
+    def clear_character(self, key: str) -> None:
+        """Mark a character that ran and failed as not complete: its ``_SUCCESS`` (left by an
+        earlier run when this one is an ``overwrite``), then its results table (rows of an earlier
+        or partial attempt), so that neither a rerun nor a query takes it for done."""
+        remove_if_exists(character_uri(self.s.run_uri, key, SUCCESS), self.s.storage, self.s.fs)
+        remove_if_exists(results_uri(self.s.run_uri, key), self.s.storage, self.s.fs)
 
     def write_failures(self, character_id: str, key: str, failures: Sequence[dict]) -> None:
         write_failures_if_changed(failures_uri(self.s.run_uri, key), self.s.run_name, character_id, key,

@@ -218,10 +218,12 @@ def test_overwrite_redoes_a_character(ray_local, library, tiny_ckpt, tmp_path, c
     actor = tmp_path / "actor"
     actor.mkdir()
     shutil.copy(os.path.join(root, good[5], "portrait.png"), actor / "take1.png")
+    (actor / "take2.png").write_bytes(b"not an image")  # skipped, with a warning
     cfg = job_config(input_uri=str(lib), checkpoint=tiny_ckpt, output_uri=str(tmp_path / "out"), name="ow",
                      write_obj=True, expressions=["joy", "worry"], performance_uri=str(actor), ray_stats=True)
     assert run(cfg).completed == 2
     printed = capsys.readouterr().out
+    assert "performance frame" in printed and "take2.png skipped" in printed
     stats = printed[printed.index("generate: Ray Data statistics of the run"):]
     assert "preprocess_batch" in stats and "Reconstructor" in stats
     run_dir = tmp_path / "out" / "ow"

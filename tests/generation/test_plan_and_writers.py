@@ -186,3 +186,124 @@ def test_results_table_equals_the_row_by_row_reference(detail, views):
     assert rows[3]["au01"] is None and rows[1]["intensity"] == pytest.approx(0.7)
     assert rows[0]["au04"] == (pytest.approx(float(rec_au[1:, 2].mean())) if views > 1 else None)
     assert np.isfinite(rows[0]["au01"]) and rows[2]["obj_uri"] is None
+
+
+def _run_info(**settings):
+    from dcnn_flame.generation.pipeline import _fingerprint
+
+    return {"run_name": "r", "fingerprint": _fingerprint(settings), "settings": settings}
+
+
+def test_overwrite_with_other_settings_deletes_the_old_state_before_binding_the_run(tmp_path):
+    """An overwrite with other settings deletes the run's characters, results and failures, then
+    rewrites _RUN.json: nothing made with the old settings can pass for complete afterwards (a
+    killed overwrite followed by a plain rerun used to skip the characters it had not reached)."""
+    import json
+
+    from dcnn_flame.generation.pipeline import guard_run
+
+    run = str(tmp_path / "run")
+    opts = storage.StorageOptions()
+    old = _run_info(checkpoint="a", expressions=["joy"])
+    guard_run(run, old, False, opts)
+    state = ["characters/c1/_SUCCESS", "characters/c1/character.glb", "characters/c2/_SUCCESS",
+             "results/c1.parquet", "failures/c3.parquet"]
+    for p in state:
+        _touch(os.path.join(run, p))
+    guard_run(run, old, False, opts)  # same settings: goes on, nothing touched
+    assert all(os.path.exists(os.path.join(run, p)) for p in state)
+    new = _run_info(checkpoint="b", expressions=["joy"])
+    with pytest.raises(ValueError, match=r"other settings \(checkpoint differ"):
+        guard_run(run, new, False, opts)
+    assert all(os.path.exists(os.path.join(run, p)) for p in state)  # refused: nothing deleted
+    guard_run(run, new, True, opts)
+    assert sorted(os.listdir(run)) == ["_RUN.json"] and library.completed_keys(run) == set()
+    assert json.load(open(os.path.join(run, "_RUN.json")))["fingerprint"] == new["fingerprint"]
+    # A newer version records more settings: the old run goes on (nothing deleted), _RUN.json gains them.
+    _touch(os.path.join(run, "characters/c1/_SUCCESS"))
+    newer = _run_info(checkpoint="b", expressions=["joy"], preview_size=160)
+    guard_run(run, newer, False, opts)
+    assert library.completed_keys(run) == {"c1"}
+    assert json.load(open(os.path.join(run, "_RUN.json")))["settings"]["preview_size"] == 160
+    with pytest.raises(ValueError, match=r"preview_size differ"):
+        guard_run(run, _run_info(checkpoint="b", expressions=["joy"], preview_size=96), False, opts)
+
+
+def _writer(run, head):
+    from dcnn_flame.generation.predictor import ActorSettings
+
+    s = ActorSettings(checkpoint_uri="ckpt", run_uri=storage.resolve(run), run_name="r",
+                      storage=storage.StorageOptions(), bank_names=(), bank_au=())
+    return writers.CharacterWriter(s, head, step=0)
+
+
+def test_a_failed_character_is_not_complete_and_unstored_failures_are_reported(tmp_path, head, capsys):
+    """A character that ran and failed loses the _SUCCESS and results an earlier run left (an
+    overwrite) and gets its failures table; when storage refuses that, its status row says so."""
+    from dcnn_flame.generation.write_stage import UNRECORDED, fail_character
+
+    run = str(tmp_path / "run")
+    for p in ("characters/c/_SUCCESS", "characters/c/character.glb", "results/c.parquet"):
+        _touch(os.path.join(run, p))
+    w = _writer(run, head)
+    row = {"character_id": "c", "character_key": "c", "failures": "[]"}
+    st = fail_character(w, row, 1, "reconstruct", "error", "RuntimeError: boom")
+    assert st["status"] == "failed" and st["reason"] == "error"
+    assert library.completed_keys(run) == set() and not os.path.exists(os.path.join(run, "results/c.parquet"))
+    assert pq.read_table(os.path.join(run, "failures/c.parquet"))["stage"].to_pylist() == ["reconstruct"]
+
+    def refuse(*a, **k):
+        raise PermissionError("bucket is read-only")
+
+    w.write_failures = refuse
+    st = fail_character(w, {**row, "character_id": "d", "character_key": "d"}, 1, "write", "error", "x")
+    assert st["reason"].startswith(UNRECORDED) and "bucket is read-only" in st["reason"]
+    assert "could not be stored" in capsys.readouterr().err
+
+
+def test_expression_names_that_would_overwrite_each_other_are_refused():
+    from dcnn_flame.generation.pipeline import check_expression_names, performance_name
+
+    root = "/p/take3"
+    assert performance_name("/p/take3/frame_0001.png", root) == "perf_frame_0001"
+    assert performance_name("/p/take3/cam0/frame_0001.png", root) == "perf_cam0_frame_0001"
+    check_expression_names(["joy", "anger"], ["perf_frame_0001", "perf_cam0_frame_0001"])
+    for bank, perf, match in [(["joy", "joy"], [], "both named 'joy'"),
+                              (["joy"], ["perf_a", "perf_a"], "both named 'perf_a'"),
+                              (["neutral_mesh"], [], "reserved"), (["reconstruction"], [], "reserved"),
+                              (["perf_x"], [], "prefix perf_")]:
+        with pytest.raises(ValueError, match=match):
+            check_expression_names(bank, perf)
+
+
+def test_the_au_map_is_resolved_and_checked_on_the_driver(tmp_path, head):
+    """au_map_path, else the checkpoint's supervision.au_map_path (read through storage); a head
+    model without a map and no file is refused before any work, naming au_map_path."""
+    import dataclasses
+    import types
+
+    import numpy as np
+
+    from dcnn_flame.generation.pipeline import resolve_au_map
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "map.npz"
+    np.savez(path, au_to_expr=rng.standard_normal((17, 20)), au_to_jaw=rng.standard_normal((17, 3)))
+    opts = storage.StorageOptions()
+    bare = dataclasses.replace(head, extras={})
+    ckpt = {"supervision": {"au_map_path": str(path)}}
+    cfg = types.SimpleNamespace(au_map_path=None)
+    p, digest = resolve_au_map(cfg, ckpt, bare, ["joy"], opts)
+    assert p == storage.resolve(str(path)) and digest
+    cfg2 = types.SimpleNamespace(au_map_path=str(path))
+    assert resolve_au_map(cfg2, {}, bare, ["joy"], opts) == (p, digest)
+    own = resolve_au_map(cfg, {}, head, ["joy"], opts)  # the procedural head's own map
+    assert own[0] is None and own[1] not in (None, digest)
+    with pytest.raises(ValueError, match="au_map_path"):
+        resolve_au_map(cfg, {}, bare, ["joy"], opts)
+    assert resolve_au_map(cfg, {}, bare, [], opts) == (None, None)  # no bank expression: no map needed
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a usable AU map"):
+        resolve_au_map(types.SimpleNamespace(au_map_path=str(tmp_path / "bad.npz")), {}, bare, ["joy"], opts)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve_au_map(types.SimpleNamespace(au_map_path=str(tmp_path / "none.npz")), {}, bare, ["joy"], opts)
