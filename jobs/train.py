@@ -3,7 +3,7 @@
     python jobs/train.py                                   # local Ray, synthetic data (generated once)
     python jobs/train.py name=pre1 trainer.num_workers=2 trainer.max_steps=2000
     python jobs/train.py stage=finetune name=ft1 init_checkpoint=outputs/runs/pre1 \
-        data.target_uri=outputs/data/characters
+        data.target_uri=outputs/prepared/characters/shards
     ray job submit --working-dir . -- python jobs/train.py ray=cluster storage=s3 storage.uri=s3://bucket/dcnn
 
 Rerunning the same command (same name) resumes from the run's last checkpoint.

@@ -97,10 +97,10 @@ def _write(root: str, opts, with_failures: bool = True):
 def tables(request, tmp_path):
     """(uri, StorageOptions, expected results DataFrame, expected failures DataFrame)."""
     if request.param == "local":
-        root, opts = str(tmp_path / "out"), None
+        root, opts = str(tmp_path / "out" / "generated"), None
     else:
         bucket, opts = request.getfixturevalue("s3_bucket")
-        root = f"{bucket}/studio/out"
+        root = f"{bucket}/studio/out/generated"  # where jobs/generate.py writes under storage.uri
     res, fail = _write(root, opts)
     return root, opts, res, fail
 
@@ -220,7 +220,16 @@ def test_missing_failures_folder_gives_empty_typed_view(tmp_path):
 
 
 def test_no_outputs_at_all(tmp_path):
-    with ResultsDB(str(tmp_path / "nothing_here")) as db:
+    """An existing prefix without runs gives empty typed views; a prefix that does not exist (a
+    typo) or one run's own folder is refused, saying what to give."""
+    with pytest.raises(FileNotFoundError, match="does not exist; give the batch job's output prefix"):
+        ResultsDB(str(tmp_path / "nothing_here"))
+    (tmp_path / "r1").mkdir()
+    (tmp_path / "r1" / "_RUN.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"is one run's folder.*runs=\[r1\]"):
+        ResultsDB(str(tmp_path / "r1"))
+    (tmp_path / "empty").mkdir()
+    with ResultsDB(str(tmp_path / "empty")) as db:
         assert db.runs == ()
         r = db.query("SELECT * FROM results")
         assert len(r) == 0 and r.columns.tolist() == RESULTS_SCHEMA.names
@@ -272,7 +281,8 @@ def test_format_table_is_aligned():
 
 def test_run_with_config(tables, tmp_path, capsys):
     root, opts, res, fail = tables
-    st = StorageConfig(uri=root, endpoint_url=opts.endpoint_url if opts else None)
+    # No uri: <storage.uri>/generated, where the batch job writes by default.
+    st = StorageConfig(uri=root.rsplit("/", 1)[0], endpoint_url=opts.endpoint_url if opts else None)
     df = query.run(QueryConfig(storage=st, named="au_above", au="au12", threshold=0.5, expression="happy"))
     assert len(df) == int(((res.au12 > 0.5) & (res.expression == "happy")).sum())
     printed = capsys.readouterr().out
@@ -317,3 +327,25 @@ def test_files_written_after_open_are_seen(tables):
                                    _parquet(rows, RESULTS_SCHEMA), opts)
         after = db.query("SELECT count(*) AS n FROM results")["n"][0]
     assert before == len(res) and after == len(res) + len(rows)
+
+
+def test_run_folders_named_with_underscore_glob_roots_and_several_statements(tmp_path, capsys):
+    """A run named _backfill (it has its _RUN.json) is a run, another tool's _temporary is not; a
+    root with glob characters and SQL with several statements are refused instead of silently
+    giving nothing / the last statement's table; failures_by_reason says which run it picked."""
+    root = tmp_path / "out"
+    _write(str(root), None)
+    for name in ("_backfill", "_temporary"):
+        (root / name / "results").mkdir(parents=True)
+    (root / "_backfill" / "_RUN.json").write_text("{}")
+    with ResultsDB(str(root)) as db:
+        assert db.runs == tuple(sorted(["_backfill", OLD, NEW]))
+        with pytest.raises(ValueError, match="2 statements"):
+            db.query("SELECT count(*) FROM results; SELECT count(*) FROM failures")
+        assert db.last_run() == NEW
+    odd = tmp_path / "o[1]"
+    odd.mkdir()
+    with pytest.raises(ValueError, match="file pattern"):
+        ResultsDB(str(odd))
+    query.run(QueryConfig(uri=str(root), named="failures_by_reason"))
+    assert f"failures of run '{NEW}', the last one written" in capsys.readouterr().out

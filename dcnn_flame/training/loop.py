@@ -108,6 +108,8 @@ class LoopSettings:
     """Ray Train local mode (num_workers=0): the loop keeps checkpoints in run_uri itself."""
     keep: int = 3
     """Checkpoints kept in local mode (Ray's CheckpointConfig does it otherwise)."""
+    best_metric: Optional[str] = None
+    """checkpoint.best_metric: every checkpoint's report must carry it (checked at each save)."""
     config: dict = field(default_factory=dict)
     """The run's whole config as a plain dict (saved in checkpoints)."""
     fault_injection_step: Optional[int] = None
@@ -325,6 +327,12 @@ def _save_and_report(settings: LoopSettings, metrics: dict, *, model, optimizer,
     import ray.train
     from ray.train import Checkpoint
 
+    if settings.best_metric and settings.best_metric not in metrics:
+        # Ray would only log it and rank checkpoints by nothing (the best ones could be deleted).
+        reported = sorted(k for k in metrics if "/" in k and not k.startswith("train/"))
+        raise ValueError(f"checkpoint.best_metric={settings.best_metric!r} is not among the run's reported "
+                         f"metrics: " + (f"use one of {', '.join(reported)}" if reported else
+                                         "it reports no validation metrics (no validation set?)"))
     rngs = _gather(ckpt_lib.rng_state())
     if rank != 0:
         ray.train.report(metrics)

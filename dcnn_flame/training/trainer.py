@@ -108,7 +108,7 @@ def loop_settings(cfg: TrainConfig, val_sets: tuple[str, ...]) -> LoopSettings:
         max_skipped_steps=t.max_skipped_steps, shuffle_buffer=cfg.data.shuffle_buffer,
         find_unused_parameters=t.ddp_find_unused_parameters, run_uri=uri, storage=opts,
         filesystem=fsspec_filesystem(remote[0], opts) if remote else None, init_checkpoint=init,
-        local_mode=t.num_workers == 0, keep=ck.keep, config=config_dict(cfg),
+        local_mode=t.num_workers == 0, keep=ck.keep, best_metric=ck.best_metric, config=config_dict(cfg),
         fault_injection_step=t.fault_injection_step)
 
 

@@ -286,3 +286,15 @@ def test_config_json_is_plain(tmp_path):
     d = config_dict(TrainConfig())
     json.dumps(d)
     assert d["optim"]["lr"] == 0.01 and d["loss"]["mmd"] == 0.0 and d["data"]["batch_size"] == 8
+
+
+def test_a_best_metric_the_run_does_not_report_stops_it_at_its_first_checkpoint():
+    """Ray only logs a missing checkpoint_score_attribute and then ranks checkpoints by nothing."""
+    from dcnn_flame.training.loop import LoopSettings, _save_and_report
+
+    kw = dict(model=None, optimizer=None, scheduler=None, step=5, counters={}, rank=0, tb=None)
+    with pytest.raises(ValueError, match=r"'val/vertex_error' is not among.*use one of val/vertex_error_mm"):
+        _save_and_report(LoopSettings(best_metric="val/vertex_error"),
+                         {"step": 5, "train/total": 1.0, "val/vertex_error_mm": 2.0}, **kw)
+    with pytest.raises(ValueError, match="no validation metrics"):
+        _save_and_report(LoopSettings(best_metric="val/vertex_error_mm"), {"step": 5, "train/total": 1.0}, **kw)
