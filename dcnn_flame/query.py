@@ -6,9 +6,10 @@ DuckDB views, ``results`` and ``failures``, each the union over every run (or th
 asked for). ``<out>`` may be a local path or any fsspec URI: for object stores the fsspec
 filesystem (s3fs for ``s3://``) is registered with DuckDB, since DuckDB's own S3 extension
 is not needed or downloaded. A run without a failures folder, or no runs at all, gives an
-empty view with the full schema, so queries never fail for lack of files (but a ``uri`` that does
-not exist, or that is one run's folder, is refused: a typo must not look like "no results"). Both views also
-always carry every column of the current schema (older files give NULLs).
+empty view with the full schema, so queries never fail for lack of files (but a ``uri`` that
+does not exist, or that is one run's folder, is refused: a typo must not look like "no
+results"). Both views also always carry every column of the current schema (older files give
+NULLs).
 
 Named queries answer the common questions (see :data:`NAMED_QUERIES`); their parameters are
 bound by DuckDB (prepared ``$name`` parameters) and AU columns are checked against
