@@ -62,23 +62,15 @@ def read_au_map_file(uri: str, storage_options: Any = None) -> LinearAUMap:
     Raises:
         FileNotFoundError / ValueError: naming the file and what it must hold.
     """
-    import io
-
     from dcnn_flame.io import storage
+    from dcnn_flame.model.criterion import load_au_map as read_arrays
 
     uri = storage.resolve(uri)
     try:
-        data = storage.read_bytes(uri, storage_options)
+        return LinearAUMap(*read_arrays(uri, storage_options))
     except FileNotFoundError:
         raise FileNotFoundError(f"au_map_path {uri!r} does not exist (an .npz with au_to_expr [17, E] and "
                                 f"au_to_jaw [17, 3])") from None
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            missing = {"au_to_expr", "au_to_jaw"} - set(z.files)
-            if missing:
-                raise ValueError(f"needs arrays {sorted(missing)}; found {z.files}")
-            expr, jaw = np.asarray(z["au_to_expr"]), np.asarray(z["au_to_jaw"])
-        return LinearAUMap(expr, jaw)
     except (ValueError, OSError) as e:
         raise ValueError(f"au_map_path {uri!r}: not a usable AU map ({e}); it must be an .npz with "
                          f"au_to_expr [17, E] and au_to_jaw [17, 3]") from None

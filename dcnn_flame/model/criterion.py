@@ -45,9 +45,15 @@ def landmarks5_from_68(lmk: Tensor) -> Tensor:
                         lmk[..., 30, :], lmk[..., 48, :], lmk[..., 54, :]], dim=-2)
 
 
-def load_au_map(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read an AU -> FLAME map file (.npz with au_to_expr [17, E] and au_to_jaw [17, 3])."""
-    with np.load(path, allow_pickle=False) as z:
+def load_au_map(path: str, storage_options=None) -> tuple[np.ndarray, np.ndarray]:
+    """Read an AU -> FLAME map file (.npz with au_to_expr [17, E] and au_to_jaw [17, 3]; a local
+    path or a URI such as s3://..., read with ``storage_options``)."""
+    import io
+
+    from dcnn_flame.io import storage
+
+    data = storage.read_bytes(storage.resolve(path), storage_options)
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
         missing = {"au_to_expr", "au_to_jaw"} - set(z.files)
         if missing:
             raise ValueError(f"{path}: AU map needs arrays {sorted(missing)}; found {z.files}")
