@@ -133,14 +133,8 @@ def micro(device: torch.device, batch: int, expressions: int) -> None:
           flush=True)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    import pyarrow as pa
-
-    from bm_generate import build_actor, make_checkpoint, make_inputs
-    from dcnn_flame.config import GenerateConfig, RayConfig
-    from dcnn_flame.generation.emotions import FIGURE8_EXPRESSIONS
-    from dcnn_flame.generation.preprocess import OUTPUT_SCHEMA
-
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also parsed by tests/test_gpu_check.py, for benchmarks/gpu_check.sh's commands)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA), as the job's bf16=true")
@@ -155,7 +149,18 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--top", type=int, default=12, help="operators listed with --profile")
     ap.add_argument("--micro", action="store_true", help="pageable vs pinned copies, NCHW vs channels-last (CUDA)")
     ap.add_argument("--workdir", default=None)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    import pyarrow as pa
+
+    from bm_generate import build_actor, make_checkpoint, make_inputs
+    from dcnn_flame.config import GenerateConfig, RayConfig
+    from dcnn_flame.generation.emotions import FIGURE8_EXPRESSIONS
+    from dcnn_flame.generation.preprocess import OUTPUT_SCHEMA
+
+    args = build_parser().parse_args(argv)
 
     device = torch.device(args.device)
     batch = args.batch_size or (128 if device.type == "cuda" else 8)

@@ -201,10 +201,9 @@ def _cpu_times() -> Optional[tuple[float, float]]:
     return sum(v) - idle, sum(v)
 
 
-def steady_rate(run_uri: str) -> tuple[float, int]:
-    """Characters/s between the 10th and the 90th percentile of the characters' completion
-    times (their results rows' ``created_at``): the job's rate once every actor has started and
-    before the last batches drain. Returns (rate, characters)."""
+def completion_times(run_uri: str):
+    """The characters' completion times (their results rows' ``created_at``), sorted, in
+    ``time.time()`` seconds: a float64 array."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.dataset as pds
@@ -212,23 +211,54 @@ def steady_rate(run_uri: str) -> tuple[float, int]:
     table = pds.dataset(os.path.join(run_uri, "results"), format="parquet").to_table(
         columns=["created_at"], filter=pds.field("expression") == "reconstruction")
     ts = table.column("created_at").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
-    t = np.sort(ts.to_numpy()) / 1e6  # seconds
+    return np.sort(ts.to_numpy()) / 1e6
+
+
+def steady_rate(run_uri: str) -> tuple[float, int]:
+    """Characters/s between the 10th and the 90th percentile of the characters' completion
+    times: the job's rate once every actor has started and before the last batches drain.
+    Returns (rate, characters)."""
+    t = completion_times(run_uri)
     if len(t) < 20:
         return float("nan"), len(t)
     lo, hi = int(0.1 * len(t)), int(0.9 * len(t))
     return (hi - lo) / max(t[hi] - t[lo], 1e-9), len(t)
 
 
-def bench_job(cfg, by_process: bool = False) -> dict:
+#: Fractions of the characters done at which ``--memory`` reads the actors' memory.
+MEMORY_POINTS = (0.2, 0.5, 0.9)
+
+
+def actor_memory(procs, run_uri: str) -> Optional[dict]:
+    """The reconstruction actors' mean private memory when 20 / 50 / 90 % of the characters were
+    complete, and its growth per 1,000 characters between the first and the last point (a
+    pipeline whose memory stays flat grows by ~0), or None without enough characters."""
+    import numpy as np
+
+    groups = {k: v for k, v in procs.memory_by_label().items() if "Reconstructor" in k}
+    t = completion_times(run_uri)
+    if not groups or len(t) < 20:
+        return None
+    group = max(groups, key=lambda g: groups[g]["private"])
+    idx = [int(f * (len(t) - 1)) for f in MEMORY_POINTS]
+    at = procs.private_at(group, [float(t[i]) for i in idx])
+    growth = (at[-1] - at[0]) / max(idx[-1] - idx[0], 1) * 1000.0
+    return {"group": group, "points": list(zip(MEMORY_POINTS, at)),
+            "growth_per_1000": growth if np.isfinite(growth) else float("nan")}
+
+
+def bench_job(cfg, by_process: bool = False, memory: bool = False) -> dict:
     """The whole job through pipeline.run (a fresh run name, so every character runs). With
     ``by_process`` also the CPU seconds of every process of this user, grouped (``by_process``
-    key; :mod:`proc_cpu`; the Ray start-up and shutdown inside ``run`` are included)."""
+    key; :mod:`proc_cpu`; the Ray start-up and shutdown inside ``run`` are included); with
+    ``memory`` the groups' peak memory (``memory`` key) and the actors' over the run
+    (``actor_memory`` key, :func:`actor_memory`)."""
     import contextlib
 
     from dcnn_flame.generation.pipeline import run
 
     procs = None
-    if by_process:
+    if by_process or memory:
         from proc_cpu import ProcessCpu
 
         procs = ProcessCpu()
@@ -243,7 +273,26 @@ def bench_job(cfg, by_process: bool = False) -> dict:
             "elapsed_s": summary.elapsed_s, "cps": summary.characters_per_s, "ips": summary.images_per_s,
             "expressions": summary.expressions, "steady": steady, "cpu_busy": busy,
             "cpu_s": (c1[0] - c0[0]) / _TICKS if c0 and c1 else float("nan"),
-            "by_process": procs.by_label() if procs is not None else None}
+            "by_process": procs.by_label() if by_process else None,
+            "memory": procs.memory_by_label() if memory else None,
+            "actor_memory": actor_memory(procs, summary.run_uri) if memory and summary.completed else None}
+
+
+def print_memory(groups: dict, actors: Optional[dict]) -> None:
+    """The lines of ``--memory`` (MB = 10^6 bytes)."""
+    mb = 1e6
+    total = groups.get("all processes", {}).get("resident", 0)
+    print(f"  memory, peak per process resident / private MB (the group's private at one time), "
+          f"{total / mb:.0f} MB resident in all processes at the most:", flush=True)
+    for name, g in groups.items():
+        if name != "all processes" and g["private"] >= 1e6:
+            print(f"    {g['resident'] / mb:8.0f} / {g['private'] / mb:6.0f}  ({g['private_sum'] / mb:.0f})  {name} "
+                  f"({g['processes']} process{'es' if g['processes'] > 1 else ''})", flush=True)
+    if actors is not None:
+        pts = ", ".join(f"{100 * f:.0f} % {v / mb:.0f}" for f, v in actors["points"])
+        print(f"  memory of the reconstruction actors (private MB, mean per actor) when this share of the "
+              f"characters was complete: {pts}; growth {actors['growth_per_1000'] / mb:+.1f} MB per 1,000 "
+              f"characters", flush=True)
 
 
 def _counts(text: str, flag: str) -> list[int]:
@@ -257,10 +306,9 @@ def _counts(text: str, flag: str) -> list[int]:
     return values
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    from dcnn_flame.config import GenerateConfig, RayConfig
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (:func:`parse_args` checks what argparse cannot)."""
     from dcnn_flame.generation.emotions import FIGURE8_EXPRESSIONS
-    from dcnn_flame.generation.predictor import load_model
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -307,22 +355,41 @@ def main(argv: Optional[list[str]] = None) -> None:
                     "yield, auto); comma-separated runs the actor and job stages once per value, side by side")
     ap.add_argument("--cpu-by-process", action="store_true", help="job stage: also split the CPU time between "
                     "the driver, Ray's daemons and the workers by what they ran (ms per character; Linux)")
+    ap.add_argument("--memory", action="store_true", help="job stage: also each process group's peak memory "
+                    "(resident, private) and the reconstruction actors' private memory at 20/50/90 %% of the "
+                    "characters (does it stay flat?; Linux)")
     ap.add_argument("--stages", default="decode,model,actor,job", help="which measurements to run")
     ap.add_argument("--workdir", default=None, help="inputs and outputs (default: a temporary folder)")
-    args = ap.parse_args(argv)
+    return ap
 
-    stages = {s.strip() for s in args.stages.split(",") if s.strip()}
-    unknown = stages - {"decode", "model", "actor", "job"}
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    """The command line, checked (also by tests/test_gpu_check.py, for benchmarks/gpu_check.sh's
+    commands): the comma-separated lists become ``stages`` (a set) and lists of values."""
+    args = build_parser().parse_args(argv)
+    args.stages = {s.strip() for s in args.stages.split(",") if s.strip()}
+    unknown = args.stages - {"decode", "model", "actor", "job"}
     if unknown:
         raise SystemExit(f"unknown --stages {sorted(unknown)}; choose from decode, model, actor, job")
-    write_threads = _counts(args.write_threads, "--write-threads")
-    write_stages = [w.strip() for w in args.write_stage.split(",") if w.strip()]
-    if not write_stages or set(write_stages) - {"actor", "tasks"}:
-        raise SystemExit(f"--write-stage takes actor, tasks or both, got {args.write_stage!r}")
-    cuda_waits = [c.strip() for c in args.cuda_wait.split(",") if c.strip()]
-    if not cuda_waits or set(cuda_waits) - {"blocking", "spin", "yield", "auto"}:
-        raise SystemExit(f"--cuda-wait takes blocking, spin, yield, auto (comma-separated), got {args.cuda_wait!r}")
-    actor_calls = _counts(args.actor_calls, "--actor-calls")
+    args.write_threads = _counts(args.write_threads, "--write-threads")
+    args.write_stage = [w.strip() for w in args.write_stage.split(",") if w.strip()]
+    if not args.write_stage or set(args.write_stage) - {"actor", "tasks"}:
+        raise SystemExit(f"--write-stage takes actor, tasks or both, got {','.join(args.write_stage)!r}")
+    args.cuda_wait = [c.strip() for c in args.cuda_wait.split(",") if c.strip()]
+    if not args.cuda_wait or set(args.cuda_wait) - {"blocking", "spin", "yield", "auto"}:
+        raise SystemExit(f"--cuda-wait takes blocking, spin, yield, auto (comma-separated), got "
+                         f"{','.join(args.cuda_wait)!r}")
+    args.actor_calls = _counts(args.actor_calls, "--actor-calls")
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    from dcnn_flame.config import GenerateConfig, RayConfig
+    from dcnn_flame.generation.predictor import load_model
+
+    args = parse_args(argv)
+    stages, write_threads, write_stages = args.stages, args.write_threads, args.write_stage
+    cuda_waits, actor_calls = args.cuda_wait, args.actor_calls
     workdir = args.workdir or tempfile.mkdtemp(prefix="bm_generate_")
     os.makedirs(workdir, exist_ok=True)
     device = torch.device(args.device)
@@ -400,7 +467,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                   f"{r['images'] / r['wall_s']:10.2f} images/s ({split}; checkpoint load {r['load_s']:.1f}s)",
                   flush=True)
         if "job" in stages:
-            r = bench_job(cfg, by_process=args.cpu_by_process)
+            r = bench_job(cfg, by_process=args.cpu_by_process, memory=args.memory)
             print(f"job ({tag}): {r['ok']}/{r['characters']} characters ({r['failed']} failed) x "
                   f"{r['expressions']} expressions, Ray stage {r['stage_s']:.2f}s: {r['cps']:10.2f} characters/s, "
                   f"{r['ips']:10.2f} images/s ({r['elapsed_s']:.1f}s with set-up); steady "
@@ -416,6 +483,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                     if 1000 * sec / n >= 0.05:
                         print(f"    {1000 * sec / n:8.2f}  {name} ({nproc} process{'es' if nproc > 1 else ''})",
                               flush=True)
+            if r["memory"] is not None:
+                print_memory(r["memory"], r["actor_memory"])
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,100 @@
+"""benchmarks/gpu_check.sh, the prepared device call: its commands parse, its layouts fit the
+device machine, its limits fit the call, a failing step does not stop the others.
+
+The script runs for real with ``PYTHON`` pointing at a recorder (every Python command it would
+run is written down instead of run), so this needs no GPU and takes a second; the recorded
+command lines then go through the benchmarks' own argument parsers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
+#: What one device call may take (the device tool's per-call limit is 600 s; the script's
+#: header asks for timeout_s 540, which must cover every step's limit).
+CALL_TIMEOUT_S = 540
+#: The device machine (H100/H200 kinds): 16 cores, one GPU.
+DEVICE_CORES = 16
+
+
+def _run(tmp_path: Path, dry: bool, fail_on: str = "") -> tuple[list[list[str]], str]:
+    """Run the script with a recording Python -> (recorded argv lists, summary.log)."""
+    rec = tmp_path / "calls.jsonl"
+    fake = tmp_path / "python"
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import json, sys\n"
+        f"open({str(rec)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+        f"sys.exit(1 if {fail_on!r} and any({fail_on!r} in a for a in sys.argv[1:]) else 0)\n")
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHON=str(fake), OUT=str(out), GPU_CHECK_WORK=str(tmp_path / "work"),
+               GPU_CHECK_DRY="1" if dry else "0")
+    env.pop("GPU_CHECK_CHARACTERS", None)
+    subprocess.run(["bash", str(SCRIPT)], env=env, check=True, timeout=60, cwd=tmp_path,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    calls = [json.loads(line) for line in rec.read_text().splitlines()]
+    return calls, (out / "summary.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def benchmarks():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bm_actor_phases
+        import bm_generate
+
+        yield bm_generate, bm_actor_phases
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def _script_calls(calls: list[list[str]], name: str) -> list[list[str]]:
+    return [c[1:] for c in calls if c and c[0].endswith(name)]
+
+
+@pytest.mark.parametrize("dry", [False, True], ids=["gpu", "dry"])
+def test_commands_parse_and_fit_the_machine(tmp_path, benchmarks, dry):
+    bm_generate, bm_actor_phases = benchmarks
+    calls, summary = _run(tmp_path, dry)
+
+    phases = _script_calls(calls, "bm_actor_phases.py")
+    assert len(phases) == 1
+    p = bm_actor_phases.build_parser().parse_args(phases[0])
+    jobs = [bm_generate.parse_args(c) for c in _script_calls(calls, "bm_generate.py")]
+    assert len(jobs) == (2 if dry else 3)
+    tests = [c for c in calls if c[:2] == ["-m", "pytest"]]
+    assert len(tests) == 1 and tests[0][tests[0].index("-m", 1) + 1] == "gpu"
+    for j in jobs:
+        assert j.stages == {"job"} and j.workdir
+    if dry:
+        assert p.device == "cpu" and all(j.device == "cpu" and j.num_gpus == 0 for j in jobs)
+    else:
+        assert (p.device, p.arch, p.bf16, p.profile, p.micro) == ("cuda", "paper", True, True, True)
+        for j in jobs:
+            assert (j.device, j.arch, j.bf16) == ("cuda", "paper", True)
+            # the actors fit one GPU and leave cores for the decode tasks and Ray
+            assert j.num_actors * j.num_gpus <= 1.0
+            assert j.num_actors * j.num_cpus_per_actor <= DEVICE_CORES - 2
+            assert j.characters >= 10_000  # the steady rate needs the actors' start to weigh little
+        assert [j.actor_calls for j in jobs] == [[1], [2], [2]]
+        assert jobs[0].num_actors == 12 and jobs[0].cpu_by_process  # the layout measured before, for comparison
+        limits = [int(x) for x in re.findall(r"\(limit (\d+)s", summary)]
+        assert len(limits) == 5 and sum(limits) + 30 <= CALL_TIMEOUT_S  # 30 s: the set-up lines and transfers
+    assert summary.count(": ok after") == len(calls) - 2  # every step but the two version probes
+    assert "gpu_check done" in summary
+
+
+def test_a_failing_step_does_not_stop_the_rest(tmp_path):
+    calls, summary = _run(tmp_path, dry=False, fail_on="bm_actor_phases.py")
+    assert "phases: FAILED (exit 1)" in summary
+    assert len([c for c in calls if c and c[0].endswith("bm_generate.py")]) == 3
+    assert summary.count(": ok after") == 4  # tests and the three jobs
