@@ -225,14 +225,17 @@ def steady_rate(run_uri: str) -> tuple[float, int]:
     return (hi - lo) / max(t[hi] - t[lo], 1e-9), len(t)
 
 
-#: Fractions of the characters done at which ``--memory`` reads the actors' memory.
+#: Shares of the characters complete around which ``--memory`` reads the actors' memory.
 MEMORY_POINTS = (0.2, 0.5, 0.9)
+#: Each reading is the median over the samples while this share of the characters completed
+#: on either side of its point.
+MEMORY_WINDOW = 0.05
 
 
 def actor_memory(procs, run_uri: str) -> Optional[dict]:
-    """The reconstruction actors' mean private memory when 20 / 50 / 90 % of the characters were
-    complete, and its growth per 1,000 characters between the first and the last point (a
-    pipeline whose memory stays flat grows by ~0), or None without enough characters."""
+    """The reconstruction actors' private memory (mean per actor) around 20 / 50 / 90 % of the
+    characters complete, and its growth per 1,000 characters from the first reading to the last
+    (a pipeline whose memory stays flat grows by ~0), or None without enough characters."""
     import numpy as np
 
     groups = {k: v for k, v in procs.memory_by_label().items() if "Reconstructor" in k}
@@ -240,10 +243,15 @@ def actor_memory(procs, run_uri: str) -> Optional[dict]:
     if not groups or len(t) < 20:
         return None
     group = max(groups, key=lambda g: groups[g]["private"])
-    idx = [int(f * (len(t) - 1)) for f in MEMORY_POINTS]
-    at = procs.private_at(group, [float(t[i]) for i in idx])
-    growth = (at[-1] - at[0]) / max(idx[-1] - idx[0], 1) * 1000.0
-    return {"group": group, "points": list(zip(MEMORY_POINTS, at)),
+    n = len(t) - 1
+
+    def at(f: float) -> float:
+        return float(t[min(max(int(round(f * n)), 0), n)])
+
+    levels = procs.private_in(group, [(at(f - MEMORY_WINDOW), at(f + MEMORY_WINDOW)) for f in MEMORY_POINTS])
+    span = (MEMORY_POINTS[-1] - MEMORY_POINTS[0]) * len(t)
+    growth = (levels[-1] - levels[0]) / span * 1000.0
+    return {"group": group, "points": list(zip(MEMORY_POINTS, levels)),
             "growth_per_1000": growth if np.isfinite(growth) else float("nan")}
 
 
@@ -290,9 +298,9 @@ def print_memory(groups: dict, actors: Optional[dict]) -> None:
                   f"({g['processes']} process{'es' if g['processes'] > 1 else ''})", flush=True)
     if actors is not None:
         pts = ", ".join(f"{100 * f:.0f} % {v / mb:.0f}" for f, v in actors["points"])
-        print(f"  memory of the reconstruction actors (private MB, mean per actor) when this share of the "
-              f"characters was complete: {pts}; growth {actors['growth_per_1000'] / mb:+.1f} MB per 1,000 "
-              f"characters", flush=True)
+        print(f"  memory of the reconstruction actors (private MB, mean per actor; median while the share "
+              f"+-{100 * MEMORY_WINDOW:.0f} % of the characters completed): {pts}; growth "
+              f"{actors['growth_per_1000'] / mb:+.1f} MB per 1,000 characters", flush=True)
 
 
 def _counts(text: str, flag: str) -> list[int]:
@@ -356,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cpu-by-process", action="store_true", help="job stage: also split the CPU time between "
                     "the driver, Ray's daemons and the workers by what they ran (ms per character; Linux)")
     ap.add_argument("--memory", action="store_true", help="job stage: also each process group's peak memory "
-                    "(resident, private) and the reconstruction actors' private memory at 20/50/90 %% of the "
+                    "(resident, private) and the reconstruction actors' private memory around 20/50/90 %% of the "
                     "characters (does it stay flat?; Linux)")
     ap.add_argument("--stages", default="decode,model,actor,job", help="which measurements to run")
     ap.add_argument("--workdir", default=None, help="inputs and outputs (default: a temporary folder)")

@@ -21,7 +21,9 @@
 #              GPU x 1 CPU, batch 64, 2 write threads), with the CPU split by process;
 #   4. job6c2  6 actors x 0.16 GPU x 2 CPUs, batch 128, 3 write threads, actor_calls=2 (each
 #              actor writes one batch while the next is on its device);
-#   5. job4c2  4 actors x 0.25 GPU x 3 CPUs, batch 128, 4 write threads, actor_calls=2.
+#   5. job12mps  job12's layout under CUDA's Multi-Process Service (started here, stopped after;
+#              skipped where the machine lacks it): without it the GPU time-slices the 12 actors'
+#              contexts, with it their small kernels run side by side.
 # nvidia-smi dmon (SM activity every 2 s) runs beside the jobs (dmon.log). summary.log gathers
 # the lines that matter. Nothing is asserted: numbers are printed.
 #
@@ -49,9 +51,9 @@ else
   phases=(--batch-size 128 --reps 2 --profile --micro)
   tests_limit=80
   job=(--characters "${GPU_CHECK_CHARACTERS:-12000}" --unique 64)
-  jobs=("job12|--num-actors 12 --num-gpus 0.08 --num-cpus-per-actor 1 --batch-size 64 --decode-batch-size 64 --write-threads 2 --cpu-by-process"
+  jobs=("job12|--num-actors 12 --num-gpus 0.08 --num-cpus-per-actor 1 --batch-size 64 --decode-batch-size 64 --write-threads 2 --cpu-by-process --memory"
         "job6c2|--num-actors 6 --num-gpus 0.16 --num-cpus-per-actor 2 --batch-size 128 --decode-batch-size 64 --write-threads 3 --actor-calls 2"
-        "job4c2|--num-actors 4 --num-gpus 0.25 --num-cpus-per-actor 3 --batch-size 128 --decode-batch-size 64 --write-threads 4 --actor-calls 2")
+        "job12mps|--num-actors 12 --num-gpus 0.08 --num-cpus-per-actor 1 --batch-size 64 --decode-batch-size 64 --write-threads 2")
   limit=95
 fi
 
@@ -74,7 +76,8 @@ step() {
   # The lines a reader needs, into the summary.
   grep -E '^(device|round|device time|  +[0-9.]+ ms/char|device -> host|detail decoder|decode:|model:|actor|job|  CPU by process|    +[0-9.]+  )' \
     "$out/$name.log" >> "$summary" 2>/dev/null
-  grep -E '(passed|failed|error)' "$out/$name.log" | tail -n 3 >> "$summary" 2>/dev/null
+  grep -E '^(FAILED|ERROR) |^[0-9]+ (passed|failed|skipped|error).* in [0-9.]+s' "$out/$name.log" | tail -n 12 \
+    >> "$summary" 2>/dev/null
   if [ "$verdict" != "ok" ]; then tail -n 15 "$out/$name.log" | sed 's/^/   | /' >> "$summary"; fi
   return 0
 }
@@ -102,8 +105,25 @@ for j in "${jobs[@]}"; do
   name=${j%%|*}
   # shellcheck disable=SC2206 - the layout's flags are words on purpose
   flags=(${j#*|})
+  mps=0
+  if [[ $name == *mps ]]; then  # CUDA's Multi-Process Service: the actors' kernels share the GPU at once
+    if ! command -v nvidia-cuda-mps-control > /dev/null; then
+      note "== $name: skipped (no nvidia-cuda-mps-control on this machine)"; continue
+    fi
+    export CUDA_MPS_PIPE_DIRECTORY="$work/mps/pipe" CUDA_MPS_LOG_DIRECTORY="$work/mps/log"
+    mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+    if ! nvidia-cuda-mps-control -d > "$out/mps_start.log" 2>&1; then
+      note "== $name: skipped (the MPS daemon did not start: $(head -c 300 "$out/mps_start.log"))"
+      unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY; continue
+    fi
+    mps=1
+  fi
   step "$name" "$limit" $PY benchmarks/bm_generate.py "${dev[@]}" "${job[@]}" "${flags[@]}" --stages job \
     --workdir "$work/jobs"
+  if [ $mps = 1 ]; then
+    echo quit | nvidia-cuda-mps-control > /dev/null 2>&1
+    unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+  fi
 done
 
 [ -n "$dmon_pid" ] && kill "$dmon_pid" 2> /dev/null

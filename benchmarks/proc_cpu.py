@@ -14,7 +14,7 @@ Memory (``bm_generate.py --memory``): each sample also reads every process's res
 ``/proc/<pid>/statm`` (resident pages, and of them the shared ones: file-backed and shared
 memory, e.g. Ray's object store mapped into a worker), so ``private = resident - shared`` is
 what the process itself allocated. :meth:`ProcessCpu.memory_by_label` gives each group's peaks,
-:meth:`ProcessCpu.private_at` a group's memory at given times (does it grow with the work done?).
+:meth:`ProcessCpu.private_in` a group's memory in given time windows (does it grow with the work done?).
 """
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def label(title: str, pid: int, driver_pid: int) -> str:
 
 class ProcessCpu:
     """``with ProcessCpu() as p: ...`` then ``p.by_label()``: CPU seconds per group over the block;
-    ``p.memory_by_label()``, ``p.private_at(...)``: memory (module docstring)."""
+    ``p.memory_by_label()``, ``p.private_in(...)``: memory (module docstring)."""
 
     def __init__(self, interval: float = 0.25):
         self.interval = interval
@@ -188,16 +188,24 @@ class ProcessCpu:
         ordered["all processes"] = {"processes": len(labels), "resident": most_total, "private": 0, "private_sum": 0}
         return ordered
 
-    def private_at(self, group: str, times: list[float]) -> list[float]:
-        """The mean private memory (bytes) of a group's processes at the sample nearest each wall-clock
-        time (``time.time()`` seconds; NaN where no process of the group was alive then)."""
+    def private_in(self, group: str, windows: list[tuple[float, float]]) -> list[float]:
+        """The group's private memory (bytes, mean over its live processes) in each wall-clock window
+        ``(start, end)`` (``time.time()`` seconds): the median over the samples inside the window
+        (one batch's working set comes and goes; the median is the level), or over the sample
+        nearest its middle when none falls inside; NaN where no process of the group was alive."""
+        import statistics
+
         pids = {pid for pid in self.titles if self.label_of(pid) == group}
-        out = []
-        for t in times:
-            if not self.samples:
-                out.append(float("nan"))
-                continue
-            _, memory = min(self.samples, key=lambda s: abs(s[0] - t))
+
+        def level(memory: dict) -> Optional[float]:
             vals = [memory[p][1] for p in pids if p in memory]
-            out.append(sum(vals) / len(vals) if vals else float("nan"))
+            return sum(vals) / len(vals) if vals else None
+
+        out = []
+        for start, end in windows:
+            inside = [v for t, m in self.samples if start <= t <= end for v in [level(m)] if v is not None]
+            if not inside and self.samples:
+                _, memory = min(self.samples, key=lambda s: abs(s[0] - (start + end) / 2))
+                inside = [v for v in [level(memory)] if v is not None]
+            out.append(statistics.median(inside) if inside else float("nan"))
         return out

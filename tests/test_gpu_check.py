@@ -25,9 +25,18 @@ CALL_TIMEOUT_S = 540
 DEVICE_CORES = 16
 
 
-def _run(tmp_path: Path, dry: bool, fail_on: str = "") -> tuple[list[list[str]], str]:
-    """Run the script with a recording Python -> (recorded argv lists, summary.log)."""
+def _run(tmp_path: Path, dry: bool, fail_on: str = "", mps: bool = True) -> tuple[list[list[str]], str]:
+    """Run the script with a recording Python (and, with ``mps``, a stand-in MPS control that
+    records its calls to ``mps.log``) -> (recorded argv lists, summary.log)."""
     rec = tmp_path / "calls.jsonl"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if mps:
+        control = bin_dir / "nvidia-cuda-mps-control"
+        control.write_text("#!/bin/sh\n"  # the daemon's flag, or the command it reads (quit)
+                           "if [ $# -gt 0 ]; then a=\"$*\"; else a=$(cat); fi\n"
+                           f"echo \"$a pipe=$CUDA_MPS_PIPE_DIRECTORY\" >> {tmp_path / 'mps.log'}\n")
+        control.chmod(0o755)
     fake = tmp_path / "python"
     fake.write_text(
         f"#!{sys.executable}\n"
@@ -37,10 +46,11 @@ def _run(tmp_path: Path, dry: bool, fail_on: str = "") -> tuple[list[list[str]],
     fake.chmod(0o755)
     out = tmp_path / "out"
     env = dict(os.environ, PYTHON=str(fake), OUT=str(out), GPU_CHECK_WORK=str(tmp_path / "work"),
-               GPU_CHECK_DRY="1" if dry else "0")
+               GPU_CHECK_DRY="1" if dry else "0", PATH=f"{bin_dir}:{os.environ['PATH']}")
+    env.pop("CUDA_MPS_PIPE_DIRECTORY", None)
     env.pop("GPU_CHECK_CHARACTERS", None)
     subprocess.run(["bash", str(SCRIPT)], env=env, check=True, timeout=60, cwd=tmp_path,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     calls = [json.loads(line) for line in rec.read_text().splitlines()]
     return calls, (out / "summary.log").read_text()
 
@@ -85,11 +95,27 @@ def test_commands_parse_and_fit_the_machine(tmp_path, benchmarks, dry):
             assert j.num_actors * j.num_gpus <= 1.0
             assert j.num_actors * j.num_cpus_per_actor <= DEVICE_CORES - 2
             assert j.characters >= 10_000  # the steady rate needs the actors' start to weigh little
-        assert [j.actor_calls for j in jobs] == [[1], [2], [2]]
+        assert [j.actor_calls for j in jobs] == [[1], [2], [1]]
         assert jobs[0].num_actors == 12 and jobs[0].cpu_by_process  # the layout measured before, for comparison
+        # the MPS run is job12's layout, with the daemon started before it and stopped after it
+        same = ("num_actors", "num_gpus", "num_cpus_per_actor", "batch_size", "write_threads", "characters")
+        assert all(getattr(jobs[2], k) == getattr(jobs[0], k) for k in same)
+        mps_calls = (tmp_path / "mps.log").read_text().splitlines()
+        assert [c.split(" ")[0] for c in mps_calls] == ["-d", "quit"]
+        assert all(c.endswith(str(tmp_path / "work" / "mps" / "pipe")) for c in mps_calls)
         limits = [int(x) for x in re.findall(r"\(limit (\d+)s", summary)]
         assert len(limits) == 5 and sum(limits) + 30 <= CALL_TIMEOUT_S  # 30 s: the set-up lines and transfers
     assert summary.count(": ok after") == len(calls) - 2  # every step but the two version probes
+    assert "gpu_check done" in summary
+
+
+def test_without_mps_its_run_is_skipped_and_said(tmp_path):
+    if any(os.access(os.path.join(d, "nvidia-cuda-mps-control"), os.X_OK)
+           for d in os.environ.get("PATH", "").split(os.pathsep)):
+        pytest.skip("this machine has CUDA's MPS")
+    calls, summary = _run(tmp_path, dry=False, mps=False)
+    assert "job12mps: skipped (no nvidia-cuda-mps-control" in summary
+    assert len([c for c in calls if c and c[0].endswith("bm_generate.py")]) == 2
     assert "gpu_check done" in summary
 
 

@@ -42,7 +42,7 @@ def test_a_childs_memory_and_cpu_are_seen_under_its_group():
     assert CHILD_BYTES <= mem[group]["private"] < CHILD_BYTES + 60 * MB
     assert mem[group]["resident"] >= mem[group]["private"]
     assert mem["all processes"]["resident"] >= CHILD_BYTES
-    at_before, at_during = p.private_at(group, [before, during])
+    at_before, at_during = p.private_in(group, [(before - 0.1, before), (during - 0.1, during + 0.1)])
     assert math.isnan(at_before)  # no process of the group was alive yet
     assert CHILD_BYTES <= at_during < CHILD_BYTES + 60 * MB
     cpu_s, processes = p.by_label()[group]
