@@ -74,7 +74,7 @@ step() {
   [ $rc -ne 0 ] && [ "$verdict" = "ok" ] && verdict="FAILED (exit $rc)"
   note "   $name: $verdict after $(( $(date +%s) - t0 ))s"
   # The lines a reader needs, into the summary.
-  grep -E '^(device|round|device time|  +[0-9.]+ ms/char|device -> host|detail decoder|decode:|model:|actor|job|  CPU by process|    +[0-9.]+  )' \
+  grep -E '^(device|round|device time|  +[0-9.]+ ms/char|device -> host|detail decoder|decode:|model:|actor|job|  CPU by process|    +[0-9.]+  |  memory|    +[0-9]+ / )' \
     "$out/$name.log" >> "$summary" 2>/dev/null
   grep -E '^(FAILED|ERROR) |^[0-9]+ (passed|failed|skipped|error).* in [0-9.]+s' "$out/$name.log" | tail -n 12 \
     >> "$summary" 2>/dev/null
@@ -95,7 +95,8 @@ if command -v nvidia-smi > /dev/null && [ "${GPU_CHECK_DRY:-0}" != "1" ]; then
   dmon_pid=$!
 fi
 
-step phases 110 $PY benchmarks/bm_actor_phases.py "${dev[@]}" "${phases[@]}" --workdir "$work/phases"
+# One workdir for every step: the portraits and the untrained checkpoint are made once.
+step phases 110 $PY benchmarks/bm_actor_phases.py "${dev[@]}" "${phases[@]}" --workdir "$work"
 if [ "${GPU_CHECK_DRY:-0}" = "1" ]; then  # the CUDA tests only skip on the CPU: one file shows the step works
   step tests "$tests_limit" $PY -m pytest -q -p no:cacheprovider -m gpu tests/generation/test_transfer.py
 else
@@ -119,7 +120,8 @@ for j in "${jobs[@]}"; do
     mps=1
   fi
   step "$name" "$limit" $PY benchmarks/bm_generate.py "${dev[@]}" "${job[@]}" "${flags[@]}" --stages job \
-    --workdir "$work/jobs"
+    --workdir "$work"
+  rm -rf "$work/out"  # a job's outputs (~1.4 MB per character: ~17 GB for 12,000) before the next one
   if [ $mps = 1 ]; then
     echo quit | nvidia-cuda-mps-control > /dev/null 2>&1
     unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
