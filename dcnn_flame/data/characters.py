@@ -6,7 +6,9 @@ per image).
 
 Optional labels CSV (``labels_uri``, or ``<root>/labels.csv`` when present), one row per image:
 
-- ``file``: the image path relative to the root (``hero/happy.png``) or its bare file name;
+- ``file``: the image path relative to the root (``hero/happy.png``), or its bare file name
+  when no other image of the library has that name (a bare name shared by several images is
+  refused; a path never labels another folder's image of the same name);
 - ``identity`` (optional);
 - ``expression``: an AffectNet-8 class name (``happy``) or index (``1``) (optional);
 - AU intensities ``au01, au02, ..., au45`` (any subset; divided by ``au_scale``, so 0-5
@@ -16,6 +18,7 @@ Missing labels stay NaN / -1 (the schema's "missing", never zero).
 """
 from __future__ import annotations
 
+import collections
 import io
 import posixpath
 from typing import Optional
@@ -25,7 +28,7 @@ import pandas as pd
 
 from dcnn_flame.constants import AU_COLUMNS, EXPRESSION_CLASSES
 from dcnn_flame.data.vggface2 import INDEX_COLUMNS
-from dcnn_flame.io.storage import StorageOptions, get_fs, join, protocol_of, resolve
+from dcnn_flame.io.storage import StorageOptions, find_files, get_fs, join, protocol_of, resolve
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 #: Extra index columns of characters (after INDEX_COLUMNS).
@@ -38,8 +41,12 @@ def _expression_index(value) -> int:
     s = str(value).strip().lower()
     if s == "" or s == "nan":
         return -1
-    if s.lstrip("-").isdigit():
-        i = int(s)
+    try:  # an index, also as a spreadsheet writes it ("1.0")
+        f = float(s)
+    except ValueError:
+        f = None
+    if f is not None and f.is_integer():
+        i = int(f)
         if -1 <= i < len(EXPRESSION_CLASSES):
             return i
         raise ValueError(f"expression index {i} is outside 0..{len(EXPRESSION_CLASSES) - 1}")
@@ -53,7 +60,8 @@ def read_labels(uri: str, options: Optional[StorageOptions] = None, au_scale: fl
     (NaN = missing) and expression_class (-1 = missing)."""
     fs, path = get_fs(uri, options)
     with fs.open(path, "rb") as f:
-        df = pd.read_csv(io.BytesIO(f.read()), dtype={"file": str, "identity": str})
+        df = pd.read_csv(io.BytesIO(f.read()), dtype={"file": str, "identity": str, "expression": str,
+                                                       "expression_class": str})
     df.columns = [str(c).strip() for c in df.columns]
     if "file" not in df.columns:
         raise ValueError(f"{uri}: the labels CSV needs a 'file' column (image path relative to the root); "
@@ -64,8 +72,51 @@ def read_labels(uri: str, options: Optional[StorageOptions] = None, au_scale: fl
         out[c] = (pd.to_numeric(df[c], errors="coerce") / float(au_scale)) if c in df.columns else np.nan
     col = "expression" if "expression" in df.columns else ("expression_class" if "expression_class" in df.columns
                                                            else None)
-    out["expression_class"] = [_expression_index(v) for v in df[col]] if col else -1
+    out["expression_class"] = [_labelled(uri, k, f, _expression_index, v) for k, (f, v) in
+                               enumerate(zip(out["file"], df[col]))] if col else -1
     return out
+
+
+def _labelled(uri: str, k: int, file: str, parse, value):
+    """``parse(value)``, with a ValueError naming the CSV, its line and the image."""
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise ValueError(f"{uri}, line {k + 2} (file {file!r}): {exc}") from None
+
+
+def _label_rows(images: list[str], files: list[str], labels_uri: str, root: str) -> list[Optional[int]]:
+    """The labels row of each image (its path relative to the root), or None.
+
+    A row names its image by that relative path, or by its bare file name (no ``/``) when
+    exactly one image of the library has that name. A path never falls back to its file name
+    (``hero/happy.png`` does not label ``sidekick/happy.png``), and a bare name that several
+    images share is refused: which image it labels cannot be known.
+    """
+    by_rel: dict[str, int] = {}
+    bare: dict[str, int] = {}
+    for i, f in enumerate(files):
+        by_rel.setdefault(f, i)
+        if "/" not in f:
+            bare.setdefault(f, i)
+    names = collections.Counter(posixpath.basename(r) for r in images)
+    hits: list[Optional[int]] = []
+    ambiguous: dict[str, list[str]] = {}
+    for rel in images:
+        hit = by_rel.get(rel)
+        base = posixpath.basename(rel)
+        if hit is None and base in bare:
+            if names[base] > 1:
+                ambiguous.setdefault(base, []).append(rel)
+            else:
+                hit = bare[base]
+        hits.append(hit)
+    if ambiguous:
+        base, paths = next(iter(ambiguous.items()))
+        raise ValueError(f"{labels_uri}: the file name {base!r} labels {len(paths)} images of {root} "
+                         f"({', '.join(paths[:3])}){f' and {len(ambiguous) - 1} more such names' if len(ambiguous) > 1 else ''}; "
+                         f"name each image by its path relative to {root} in the 'file' column")
+    return hits
 
 
 def index_characters(root: str, options: Optional[StorageOptions] = None, labels_uri: Optional[str] = None,
@@ -81,17 +132,15 @@ def index_characters(root: str, options: Optional[StorageOptions] = None, labels
     proto = protocol_of(root)
     if not fs.exists(path):
         raise FileNotFoundError(f"character folder {root!r} does not exist")
-    found = fs.find(path, detail=True)
     prefix = path.rstrip("/") + "/"
     rows = []
-    for p in sorted(found):
-        info = found[p]
-        if info.get("type", "file") != "file" or not p.lower().endswith(IMAGE_SUFFIXES):
+    for p, size in find_files(path, fs).items():  # symbolic links followed (local folders)
+        if not p.lower().endswith(IMAGE_SUFFIXES):
             continue
         rel = p[len(prefix):] if p.startswith(prefix) else posixpath.basename(p)
         parts = rel.split("/")
         identity = parts[0] if len(parts) > 1 else posixpath.splitext(parts[0])[0]
-        rows.append({"uri": p if proto == "file" else f"{proto}://{p}", "size": int(info.get("size") or 0),
+        rows.append({"uri": p if proto == "file" else f"{proto}://{p}", "size": size,
                      "identity": identity, "folder": "", "name_id": rel})
     df = pd.DataFrame(rows, columns=["uri", "size", "identity", "folder", "name_id"])
     for c in INDEX_COLUMNS[5:]:
@@ -104,12 +153,7 @@ def index_characters(root: str, options: Optional[StorageOptions] = None, labels
         labels_uri = join(root, "labels.csv")
     if labels_uri is not None and len(df):
         labels = read_labels(labels_uri, options, au_scale)
-        by_rel = {f: i for i, f in enumerate(labels["file"])}
-        basenames = pd.Series([posixpath.basename(r) for r in df["name_id"]])
-        by_base = {}
-        for i, f in enumerate(labels["file"]):
-            by_base.setdefault(posixpath.basename(f), i)
-        hits = [by_rel.get(r, by_base.get(b)) for r, b in zip(df["name_id"], basenames)]
+        hits = _label_rows(list(df["name_id"]), list(labels["file"]), labels_uri, root)
         for row, hit in enumerate(hits):
             if hit is None:
                 continue

@@ -35,16 +35,19 @@ def _reason_of(exc: BaseException) -> str:
     return "corrupt"
 
 
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
+def _to_uint8(arr: np.ndarray, full_scale: Optional[float] = None) -> np.ndarray:
     """Scale an integer/float single-channel array to uint8.
 
-    16-bit data (the common case: 16-bit PNG/TIFF) maps 0..65535 -> 0..255. Float data is
-    taken as [0, 1] when its maximum is <= 1, as [0, 255] when <= 255, and min-max
+    ``full_scale`` given (16-bit modes: 65535): 0..full_scale -> 0..255, whatever the content.
+    Otherwise the range is inferred: integer data above 255 is taken as 16-bit (0..65535 ->
+    0..255); float data as [0, 1] when its maximum is <= 1, as [0, 255] when <= 255, and min-max
     normalised otherwise; other integer data with values above 65535 is min-max normalised.
     """
     a = arr.astype(np.float64)
     if not np.all(np.isfinite(a)):
         a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+    if full_scale is not None:  # the format says the range (16-bit modes): never from the content
+        return np.clip(np.rint(a * (255.0 / full_scale)), 0, 255).astype(np.uint8)
     hi = float(a.max()) if a.size else 0.0
     lo = float(a.min()) if a.size else 0.0
     if np.issubdtype(arr.dtype, np.floating):
@@ -75,7 +78,9 @@ def _pil_to_rgb(im, background: int) -> np.ndarray:
     if mode == "RGB":
         return np.asarray(im)
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        grey = _to_uint8(np.asarray(im))
+        # 16-bit modes are 0..65535 by definition: a dark 16-bit image stays dark (its values
+        # are not mistaken for 8-bit ones); 32-bit "I" and "F" carry no range, so it is inferred.
+        grey = _to_uint8(np.asarray(im), full_scale=65535.0 if mode.startswith("I;16") else None)
         return np.repeat(grey[..., None], 3, axis=2)
     if mode in ("RGBA", "LA", "La", "RGBa", "PA") or (mode == "P" and "transparency" in im.info):
         return np.asarray(_flatten_alpha(im, background))

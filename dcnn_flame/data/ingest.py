@@ -29,6 +29,7 @@ import collections
 import io
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -119,9 +120,17 @@ def resolve_settings(cfg: PrepareConfig, output_uri: str, options: StorageOption
         raise ValueError(f"landmarks must be 'auto', 'fan' or 'metadata', got {cfg.landmarks!r}")
     if cfg.align not in ("box", "landmarks5"):
         raise ValueError(f"align must be 'box' or 'landmarks5', got {cfg.align!r}")
+    if str(cfg.image_format).lower() not in ("jpeg", "jpg", "png"):
+        raise ValueError(f"image_format must be 'jpeg' (or 'jpg') or 'png', got {cfg.image_format!r}")
+    if not 1 <= int(cfg.jpeg_quality) <= 100:
+        raise ValueError(f"jpeg_quality must be in 1..100, got {cfg.jpeg_quality}")
     weights = L.find_fan_weights(cfg.torch_hub_dir)
     if cfg.landmarks == "fan" and not weights.has_fan:
-        raise FileNotFoundError(f"landmarks=fan but {weights.describe()}")
+        raise FileNotFoundError(
+            f"landmarks=fan, but face-alignment's 2D FAN weights are not at "
+            f"{os.path.join(weights.checkpoints_dir, L.FAN_2D_FILE)}: copy {L.FAN_2D_FILE} (from {L.FAN_2D_URL}) "
+            f"there or point torch_hub_dir at the folder above its checkpoints/ (docs/ingest.md), or run with "
+            f"landmarks=auto (FAN when found, else the 5 metadata landmarks) or landmarks=metadata")
     use_fan = cfg.landmarks != "metadata" and weights.has_fan
     lmk_msg = weights.describe() if cfg.landmarks != "metadata" else "landmarks=metadata: FAN not used"
     det = L.resolve_detector(cfg.detector, weights, cfg.cascade_path)
@@ -148,7 +157,9 @@ def _guard_plan(output_uri: str, fingerprint: str, info: dict, options: StorageO
     uri = storage.join(output_uri, "plan.json")
     if storage.exists(uri, options):
         old = json.loads(storage.read_bytes(uri, options))
-        if old.get("fingerprint") != fingerprint and storage.list_files(storage.join(output_uri, "_done"), options):
+        written = (storage.list_files(storage.join(output_uri, "_done"), options)
+                   or storage.list_files(storage.join(output_uri, "shards"), options, suffixes=(".parquet",)))
+        if old.get("fingerprint") != fingerprint and written:  # shards of another plan (or of source=synthetic)
             raise ValueError(
                 f"{output_uri} already holds shards of a different plan (fingerprint {old.get('fingerprint', '?')[:12]} "
                 f"!= {fingerprint[:12]}: the input, the grouping/split/shard settings or the landmark backend "
@@ -261,6 +272,19 @@ def _contact_sheet(output_uri: str, records: dict[str, dict], plan: Plan, n_samp
     return buf.getvalue()
 
 
+def _distinct_ok(records: list[dict]) -> int:
+    """Distinct images in the rows of these shards (their records' ``ok_uris``; a record of an
+    older version without them counts its ``images_ok``)."""
+    uris: set[str] = set()
+    older = 0
+    for r in records:
+        if "ok_uris" in r:
+            uris.update(r["ok_uris"])
+        else:
+            older += int(r.get("images_ok", 0))
+    return len(uris) + older
+
+
 def run(cfg: PrepareConfig) -> PrepareSummary:
     """Run the ingest described by ``cfg`` (see the module docstring); returns the summary."""
     if cfg.source == "synthetic":
@@ -320,7 +344,7 @@ def run(cfg: PrepareConfig) -> PrepareSummary:
         "fingerprint": fingerprint, "num_views": cfg.num_views, "landmarks": settings.landmarks,
         "landmarks_note": lmk_msg, "detector": settings.detector, "detector_note": det_msg,
         "images_planned": plan.num_images, "samples_planned": plan.samples_per_split(),
-        "rows": dict(sorted(rows_per_split.items())), "images_ok": sum(int(r["images_ok"]) for r in done),
+        "rows": dict(sorted(rows_per_split.items())), "images_ok": _distinct_ok(done),
         "failures": dict(sorted(by_reason.items())), "complete": len(done) == len(names),
         "shards": [{"path": records[n]["path"], "split": records[n]["split"], "rows": records[n]["rows"]}
                    for n in names if n in records and records[n].get("status") != "error"],
@@ -333,14 +357,17 @@ def run(cfg: PrepareConfig) -> PrepareSummary:
             write_if_changed(storage.join(out, "contact_sheet.png"), png, options)
 
     statuses = collections.Counter(r.get("status") for r in new.values())
-    images = sum(int(r.get("images", 0)) for r in new.values() if r.get("status") == "written")
+    written = [r for r in new.values() if r.get("status") == "written"]
+    # Distinct images: with short_identity_policy=pad one image may fill views of samples in
+    # several shards (each shard decodes it again, but it is one image of the input).
+    by_name = {s.name: s for s in plan.shards}
+    images = len({u for r in written for u in by_name[r["shard"]].table.column("uri").to_pylist()})
     summary = PrepareSummary(
         output_uri=out, shards_total=len(names), shards_written=statuses.get("written", 0),
         shards_skipped=len(names) - len(todo) + statuses.get("skipped", 0), shards_failed=statuses.get("error", 0),
         rows=sum(rows_per_split.values()), rows_written=sum(int(r["rows"]) for r in new.values()
                                                            if r.get("status") == "written"),
-        images=images, images_ok=sum(int(r.get("images_ok", 0)) for r in new.values()
-                                     if r.get("status") == "written"),
+        images=images, images_ok=_distinct_ok(written),
         failures=by_reason, seconds=seconds, plan_seconds=plan_seconds,
         images_per_s=images / seconds if seconds > 0 and images else 0.0,
         landmarks=settings.landmarks, detector=settings.detector, rows_per_split=dict(rows_per_split))

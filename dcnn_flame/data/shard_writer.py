@@ -170,11 +170,21 @@ def prepare_view(data: bytes, box: np.ndarray, lmk5: np.ndarray, settings: Worke
         crop_box=A.crop_box(m, IMAGE_SIZE).astype(np.float32).tolist())
 
 
-def _read(fs, path: str, size: int, max_bytes: int) -> bytes:
+def _read(fs, path: str, size: Optional[int], max_bytes: int) -> bytes:
+    """An image's bytes; ``size`` None = unknown (the metadata index): then at most
+    ``max_bytes + 1`` bytes are read (one ranged read), so a huge file is never read whole."""
     if size is not None and size > max_bytes:
         raise _Failure("read", "too_large", f"{size} bytes > max_image_bytes={max_bytes} (not read)")
     try:
+        if size is None:
+            data = fs.cat_file(path, start=0, end=max_bytes + 1)
+            if len(data) > max_bytes:
+                raise _Failure("read", "too_large", f"more than max_image_bytes={max_bytes} bytes (reading "
+                                                    f"stopped there)")
+            return data
         return fs.cat_file(path)
+    except _Failure:
+        raise
     except FileNotFoundError:
         raise _Failure("read", "missing", f"no such file: {path}") from None
     except Exception as exc:
@@ -209,7 +219,8 @@ def write_shard(name: str, split: str, plan: pa.Table, settings: WorkerSettings,
 
     Returns:
         The done record: shard, split, path, status ("written" | "skipped"), rows,
-        images (distinct inputs attempted), images_ok, failures (FAILURE_SCHEMA dicts), seconds.
+        images (distinct inputs attempted), images_ok (distinct inputs in the shard's rows) and
+        ok_uris (those inputs), failures (FAILURE_SCHEMA dicts), seconds.
     """
     t0 = time.perf_counter()
     out = settings.output_uri
@@ -258,9 +269,13 @@ def write_shard(name: str, split: str, plan: pa.Table, settings: WorkerSettings,
             continue
         if len(ok) < len(views):
             if settings.short_identity_policy == "drop":
-                failures.append({"input_uri": sid, "identity": views[0]["identity"], "stage": "group",
-                                 "reason": "too_few_views",
-                                 "detail": f"{len(ok)} of {len(views)} views usable (short_identity_policy=drop)"})
+                # The views that failed have their own rows; the usable ones, dropped with their
+                # sample, get one each, so that every input image is in a shard or in a row.
+                for v, _ in ok:
+                    failures.append({"input_uri": v["uri"], "identity": v["identity"], "stage": "group",
+                                     "reason": "too_few_views",
+                                     "detail": f"sample {sid}: {len(ok)} of {len(views)} views usable, the "
+                                               f"sample is dropped (short_identity_policy=drop)"})
                 continue
             ok = [ok[i % len(ok)] for i in range(len(views))]
         out_rows.append({
@@ -280,8 +295,9 @@ def write_shard(name: str, split: str, plan: pa.Table, settings: WorkerSettings,
     pq.write_table(table, buf, compression="zstd", row_group_size=64)
     path = shard_uri(out, split, name)
     storage.atomic_write_bytes(path, buf.getvalue(), opts)
+    ok_uris = sorted({u for r in out_rows for u in r["image_uri"]})
     rec = {"shard": name, "split": split, "path": f"shards/{split}/{name}.parquet", "rows": table.num_rows,
-           "images": len(uris), "images_ok": sum(isinstance(results[u], _View) for u in uris),
+           "images": len(uris), "images_ok": len(ok_uris), "ok_uris": ok_uris,
            "failures": failures, "seconds": round(time.perf_counter() - t0, 3)}
     storage.atomic_write_bytes(done_uri(out, name), json.dumps(rec, sort_keys=True).encode(), opts)
     rec["status"] = "written"

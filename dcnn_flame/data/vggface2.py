@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from dcnn_flame.io.storage import StorageOptions, get_fs, join, protocol_of, resolve
+from dcnn_flame.io.storage import StorageOptions, find_files, get_fs, join, protocol_of, resolve
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 BB_COLUMNS = ("X", "Y", "W", "H")
@@ -66,12 +66,10 @@ def _list_folder(root: str, folder: str, options: Optional[StorageOptions]) -> p
     proto = protocol_of(base)
     if not fs.exists(path):
         return pd.DataFrame({"uri": [], "size": [], "identity": [], "name_id": []})
-    found = fs.find(path, detail=True)
     prefix = path.rstrip("/") + "/"
     uris, sizes, ids, names = [], [], [], []
-    for p in sorted(found):
-        info = found[p]
-        if info.get("type", "file") != "file" or not p.lower().endswith(IMAGE_SUFFIXES):
+    for p, size in find_files(path, fs).items():  # symbolic links followed (local folders)
+        if not p.lower().endswith(IMAGE_SUFFIXES):
             continue
         rel = p[len(prefix):] if p.startswith(prefix) else posixpath.basename(p)
         parts = rel.split("/")
@@ -79,7 +77,7 @@ def _list_folder(root: str, folder: str, options: Optional[StorageOptions]) -> p
             continue
         identity, fname = parts
         uris.append(_full_uri(p, proto))
-        sizes.append(int(info.get("size") or 0))
+        sizes.append(size)
         ids.append(identity)
         names.append(f"{identity}/{posixpath.splitext(fname)[0]}")
     return pd.DataFrame({"uri": uris, "size": sizes, "identity": ids, "name_id": names})

@@ -93,19 +93,16 @@ def list_library(input_uri: str, options: Optional[StorageOptions] = None) -> di
         raise FileNotFoundError(f"input_uri {root!r} does not exist; point input_uri at a folder/prefix of "
                                 f"character images (a folder per character) or give manifest_uri")
     proto = storage.protocol_of(root)
-    found = fs.find(path, detail=True)
     prefix = path.rstrip("/") + "/"
     out: dict[str, list[tuple[str, int]]] = {}
-    for p in sorted(found):
-        info = found[p]
-        if info.get("type", "file") != "file" or not p.lower().endswith(IMAGE_SUFFIXES):
+    for p, size in storage.find_files(path, fs).items():  # symbolic links followed (local folders)
+        if not p.lower().endswith(IMAGE_SUFFIXES):
             continue
         rel = p[len(prefix):] if p.startswith(prefix) else posixpath.basename(p)
         if any(part.startswith(".") for part in rel.split("/")):
             continue  # hidden files and our own temp files
         uri = p if proto == "file" else f"{proto}://{p}"
-        size = info.get("size")
-        out.setdefault(_id_from_relative(rel), []).append((uri, int(size) if size is not None else -1))
+        out.setdefault(_id_from_relative(rel), []).append((uri, size))
     return out
 
 

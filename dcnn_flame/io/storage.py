@@ -148,6 +148,51 @@ def atomic_write_bytes(uri: str, data: bytes, options: Optional[StorageOptions] 
     return uri
 
 
+def find_files(path: str, fs: Any) -> dict[str, int]:
+    """Every file below ``path`` of ``fs`` (recursive) -> its size in bytes (-1 = unknown), sorted.
+
+    Object stores: ``fs.find``. Local folders: a walk that follows symbolic links, as libraries
+    assembled from links into an asset store need (fsspec's local ``find`` reports a link as
+    type "other" and does not enter a linked folder, so the images behind links were skipped
+    without a word). A link is listed under its own path (the library's layout names the
+    characters), with its target's size; a dangling link is listed with size -1, so that
+    reading it fails as a missing file where the caller records failures. A folder reached
+    twice (a link cycle, or two links to one folder) is walked once.
+    """
+    if not _is_local_fs(fs):
+        found = fs.find(path, detail=True)
+        return {p: int(i["size"]) if i.get("size") is not None else -1
+                for p, i in sorted(found.items()) if i.get("type", "file") == "file"}
+    out: dict[str, int] = {}
+    seen: set[tuple[int, int]] = set()
+    root = os.path.abspath(path)
+    if os.path.isfile(root):
+        return {root: os.path.getsize(root)}
+    for d, dirs, files in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(d)
+        except OSError:
+            dirs[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs.sort()
+        for name in files:
+            p = os.path.join(d, name)
+            try:
+                out[p] = os.stat(p).st_size
+            except OSError:  # a dangling link: listed, so that reading it is a recorded failure
+                out[p] = -1
+    return dict(sorted(out.items()))
+
+
+def _is_local_fs(fs: Any) -> bool:
+    protocol = getattr(fs, "protocol", "")
+    return "file" in ((protocol,) if isinstance(protocol, str) else tuple(protocol))
+
+
 def list_files(prefix: str, options: Optional[StorageOptions] = None, suffixes: tuple[str, ...] = ()) -> list[str]:
     """All file URIs under ``prefix`` (recursive, sorted), optionally filtered by suffix."""
     prefix = resolve(prefix)
@@ -156,7 +201,7 @@ def list_files(prefix: str, options: Optional[StorageOptions] = None, suffixes: 
         return []
     proto = protocol_of(prefix)
     out = []
-    for p in sorted(fs.find(path)):
+    for p in find_files(path, fs):
         if suffixes and not p.lower().endswith(tuple(s.lower() for s in suffixes)):
             continue
         out.append(p if proto == "file" else f"{proto}://{p}")

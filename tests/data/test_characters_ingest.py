@@ -63,6 +63,71 @@ def test_index_reads_labels(tmp_path):
         index_characters(str(tmp_path / "c"))
 
 
+def _tiny_library(root, files):
+    for rel in files:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 40), (120, 90, 60)).save(root / rel)
+
+
+def test_a_label_path_never_labels_another_folders_image_of_the_same_name(tmp_path):
+    root = tmp_path / "c"
+    _tiny_library(root, ["hero/happy.png", "hero/sad.png", "sidekick/happy.png", "villain/wink.png"])
+    (root / "labels.csv").write_text("file,identity,expression,au12\nhero/happy.png,Hero,happy,5\n"
+                                     "wink.png,,surprise,1\n")
+    df = index_characters(str(root), au_scale=5.0).set_index("name_id")
+    assert df.at["hero/happy.png", "identity"] == "Hero" and df.at["hero/happy.png", "expression_class"] == 1
+    # the sidekick's happy.png has no row: its own identity, labels missing (it was Hero's, with Hero's AUs)
+    assert df.at["sidekick/happy.png", "identity"] == "sidekick"
+    assert df.at["sidekick/happy.png", "expression_class"] == -1 and np.isnan(df.at["sidekick/happy.png", "au12"])
+    # a bare file name that one image has labels that image
+    assert df.at["villain/wink.png", "expression_class"] == 3 and df.at["villain/wink.png", "au12"] == 0.2
+    assert df.at["villain/wink.png", "identity"] == "villain" and df.at["hero/sad.png", "expression_class"] == -1
+    # a bare file name that several images share is refused, naming them
+    (root / "labels.csv").write_text("file,expression\nhappy.png,happy\n")
+    with pytest.raises(ValueError, match=r"'happy.png' labels 2 images .*hero/happy.png, sidekick/happy.png"):
+        index_characters(str(root))
+
+
+def test_expression_indices_read_as_numbers_and_blank_cells(tmp_path):
+    root = tmp_path / "c"
+    _tiny_library(root, ["a.png", "b.png", "c.png"])
+    # a column of indices with one blank cell (pandas would read 1.0, NaN) and a spreadsheet's "2.0"
+    (root / "labels.csv").write_text("file,expression\na.png,1\nb.png,\nc.png,2.0\n")
+    df = index_characters(str(root)).set_index("name_id")
+    assert df["expression_class"].to_dict() == {"a.png": 1, "b.png": -1, "c.png": 2}
+    (root / "labels.csv").write_text("file,expression\na.png,1\nb.png,9\n")
+    with pytest.raises(ValueError, match=r"labels.csv, line 3 \(file 'b.png'\): expression index 9 is outside"):
+        index_characters(str(root))
+
+
+def test_symlinked_images_and_folders_are_listed(tmp_path):
+    """A library assembled from links into an asset store: linked folders and files are
+    images of the library under their link's path; a dangling link is listed (its read
+    fails as a missing file, a failure row) rather than skipped without a word."""
+    from dcnn_flame.generation.library import list_library
+
+    store = tmp_path / "store"
+    _tiny_library(store, ["hero_v3/front.png", "hero_v3/side.png", "villain.png"])
+    root = tmp_path / "c"
+    _tiny_library(root, ["sidekick/front.png"])
+    (root / "hero").symlink_to(store / "hero_v3", target_is_directory=True)
+    (root / "villain").mkdir()
+    (root / "villain" / "front.png").symlink_to(store / "villain.png")
+    (root / "villain" / "gone.png").symlink_to(store / "missing.png")
+    (root / "sidekick" / "loop").symlink_to(root, target_is_directory=True)  # a cycle: walked once
+    df = index_characters(str(root)).set_index("name_id")
+    assert sorted(df.index) == ["hero/front.png", "hero/side.png", "sidekick/front.png", "villain/front.png",
+                                "villain/gone.png"]
+    assert df.at["hero/side.png", "identity"] == "hero" and df.at["villain/front.png", "identity"] == "villain"
+    assert df.at["villain/front.png", "size"] == (store / "villain.png").stat().st_size
+    assert df.at["villain/gone.png", "size"] == -1
+    # the generation job's listing is the same
+    lib = list_library(str(root))
+    assert sorted(lib) == ["hero", "sidekick", "villain"]
+    assert [os.path.basename(u) for u, _ in lib["hero"]] == ["front.png", "side.png"]
+    assert dict((os.path.basename(u), s) for u, s in lib["villain"])["gone.png"] == -1
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_bad_inputs_become_failures_or_correct_outputs(ray_local_s3_env, tmp_path):  # noqa: F811

@@ -83,6 +83,19 @@ def test_16bit_png_scaled_to_8bit():
     np.testing.assert_array_equal(out[..., 0], out[..., 2])
 
 
+@pytest.mark.parametrize("value", [200, 255, 256, 300, 40000])
+def test_a_dark_16bit_png_stays_dark(value):
+    """16 bits are 0..65535 whatever the image holds: a 16-bit value of 200 (nearly black) is
+    not taken for the 8-bit 200, and nothing jumps when the image's maximum crosses 255."""
+    a = np.zeros((40, 40), dtype=np.uint16)
+    a[:, 20:] = value
+    data = _save(Image.fromarray(a), "PNG")
+    assert Image.open(io.BytesIO(data)).mode == "I;16"
+    out = decode_image(data)
+    assert (out[:, :20] == 0).all()
+    assert (out[:, 20:] == round(value / 257.0)).all()
+
+
 def test_float_image_scaled():
     arr = np.linspace(0, 1, 40 * 40, dtype=np.float32).reshape(40, 40)
     buf = io.BytesIO()

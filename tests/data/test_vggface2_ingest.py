@@ -82,8 +82,9 @@ def test_local_ingest_rerun_and_resume(ray_local_s3_env, tmp_path, capsys):  # n
     assert s.failures == {"truncated": 1}
     # 5 -> 2 samples, 3 -> 1, 4 -> 1 (3 good views + 1 repeated), 4 -> 1; test 4 -> 1
     assert s.rows == 6 and s.rows_per_split["test"] == 1 and s.rows_per_split["val"] >= 1
-    # images counts inputs per shard (a padded view from another shard is read again there)
-    assert s.images >= 20 and s.images_ok == s.images - 1 and s.shards_written == s.shards_total
+    # distinct input images (a view padded from another shard's sample is read again there, but
+    # is one image): 20 in the tree, 19 of them in the shards' rows
+    assert s.images == 20 and s.images_ok == 19 and s.shards_written == s.shards_total
 
     files = sorted(out.glob("shards/*/*.parquet"))
     assert [f.name for f in files] == sorted(f"vggface2-{sp}-{i:05d}.parquet" for sp, n in
@@ -185,3 +186,106 @@ def test_s3_ingest(ray_s3, tmp_path):  # noqa: F811
 
     s2 = run(cfg)
     assert s2.shards_written == 0 and s2.images == 0 and s2.rows == 6
+
+
+def _serial_shards(index, tmp_path, policy: str, rows_per_shard: int, **kw):
+    """build_plan + write_shard for every shard in this process (what the Ray job runs)."""
+    from dcnn_flame.data.plan import build_plan
+    from dcnn_flame.data.shard_writer import ShardTools, WorkerSettings, write_shard
+
+    settings = WorkerSettings(
+        source="vggface2", output_uri=str(tmp_path / "out"), storage=None, num_views=4, short_identity_policy=policy,
+        margin=MARGIN, align="box", image_format="png", jpeg_quality=95, min_image_size=8,
+        max_image_pixels=10 ** 7, max_image_bytes=10 ** 7, landmarks="metadata", fan_path=None,
+        detector="center", detector_path=None, center_crop_fraction=0.8, device="cpu", **kw)
+    plan = build_plan(index, source="vggface2", num_views=4, policy=policy, val_fraction=0.0, seed=0,
+                      rows_per_shard=rows_per_shard)
+    tools = ShardTools(settings)
+    return plan, [write_shard(sh.name, sh.split, sh.table, settings, tools) for sh in plan.shards]
+
+
+def test_drop_policy_lists_every_image_of_a_dropped_sample(tmp_path):
+    """short_identity_policy=drop: a sample that loses a view at decode time is dropped, and its
+    usable images get failure rows of their own (they were in no shard and no row)."""
+    from dcnn_flame.data.vggface2 import index_vggface2
+
+    truth = write_vggface2_tree(tmp_path / "vgg", {"train": {"n000002": 8, "n000003": 3}}, seed=3)
+    index = index_vggface2(str(tmp_path / "vgg"), folders=("train",))
+    bad = str(truth["train/n000002/0002_01"]["path"])
+    with open(bad, "r+b") as f:
+        f.truncate(600)
+    plan, records = _serial_shards(index, tmp_path, "drop", rows_per_shard=1)
+    in_rows = set()
+    for rec in records:
+        in_rows |= set(pq.read_table(tmp_path / "out" / rec["path"]).column("image_uri").combine_chunks()
+                       .flatten().to_pylist())
+    failed = {f["input_uri"]: f for rec in records for f in rec["failures"]} | {f["input_uri"]: f for f in plan.failures}
+    everything = set(index["uri"])
+    assert in_rows | set(failed) == everything and not in_rows & set(failed)  # each image: a row or a shard
+    assert failed[bad]["reason"] == "truncated"
+    dropped = [u for u, f in failed.items() if f["stage"] == "group" and "n000002" in u]
+    assert len(dropped) == 3 and all("sample vggface2/train/n000002/" in failed[u]["detail"] for u in dropped)
+    assert len([u for u, f in failed.items() if "n000003" in u and f["reason"] == "too_few_views"]) == 3  # plan
+    assert sum(r["images_ok"] for r in records) == len(in_rows) == 4
+    assert sorted(u for r in records for u in r["ok_uris"]) == sorted(in_rows)
+
+
+def test_padded_views_count_once(tmp_path):
+    from dcnn_flame.data.ingest import _distinct_ok
+    from dcnn_flame.data.vggface2 import index_vggface2
+
+    write_vggface2_tree(tmp_path / "vgg", {"train": {"n000002": 5}}, seed=4)
+    index = index_vggface2(str(tmp_path / "vgg"), folders=("train",))
+    plan, records = _serial_shards(index, tmp_path, "pad", rows_per_shard=1)
+    assert len(records) == 2 and sum(r["images_ok"] for r in records) == 8  # 4 + 4 views, per shard
+    assert _distinct_ok(records) == 5  # but 5 images
+    older = [{k: v for k, v in r.items() if k != "ok_uris"} for r in records]  # records of older versions
+    assert _distinct_ok(older) == 8
+
+
+def test_an_unknown_size_is_read_only_up_to_max_image_bytes(tmp_path):
+    import fsspec
+
+    from dcnn_flame.data.shard_writer import _Failure, _read
+
+    fs = fsspec.filesystem("file")
+    p = tmp_path / "big.jpg"
+    p.write_bytes(bytes(range(256)) * 20)  # 5,120 bytes
+    with pytest.raises(_Failure) as e:
+        _read(fs, str(p), None, 1000)  # the metadata index: size unknown
+    assert (e.value.stage, e.value.reason) == ("read", "too_large")
+    assert _read(fs, str(p), None, 5120) == p.read_bytes()  # exactly the limit is fine
+    with pytest.raises(_Failure) as e:
+        _read(fs, str(p), 5120, 1000)
+    assert e.value.reason == "too_large" and "not read" in e.value.detail
+
+
+def test_settings_are_checked_before_any_work(tmp_path):
+    from dcnn_flame.data.ingest import resolve_settings
+
+    def settings(**kw):
+        cfg = _cfg(str(tmp_path), str(tmp_path / "out"), tmp_path, **kw)
+        return resolve_settings(cfg, str(tmp_path / "out"), None)
+
+    with pytest.raises(ValueError, match="image_format must be 'jpeg'.*got 'webp'"):
+        settings(image_format="webp")
+    with pytest.raises(ValueError, match="jpeg_quality must be in 1..100, got 0"):
+        settings(jpeg_quality=0)
+    assert settings(image_format="PNG")[0].image_format == "PNG"
+    with pytest.raises(FileNotFoundError) as e:
+        settings(landmarks="fan")
+    msg = str(e.value)
+    assert "2DFAN4" in msg and str(tmp_path / "no_hub") in msg and "landmarks=auto" in msg
+    assert "using the 5 metadata landmarks" not in msg  # the job stops: no fallback is used
+
+
+def test_an_image_ingest_into_synthetic_shards_is_refused(tmp_path):
+    from dcnn_flame.data.ingest import _guard_plan
+
+    out = tmp_path / "out"
+    (out / "shards" / "train").mkdir(parents=True)
+    (out / "shards" / "train" / "synthetic-train-00000.parquet").write_bytes(b"PAR1")
+    (out / "plan.json").write_text(json.dumps({"fingerprint": "synthetic-plan"}))
+    with pytest.raises(ValueError, match="already holds shards of a different plan"):
+        _guard_plan(str(out), "vggface2-plan", {}, None)
+    assert json.loads((out / "plan.json").read_text())["fingerprint"] == "synthetic-plan"  # untouched
