@@ -30,6 +30,12 @@ class FlameConfig:
     """RingNet ``flame_dynamic_embedding.npy`` (contour by yaw); only with a RingNet static file."""
     eyelids_path: Optional[str] = None
     """Optional FLAME 2023 eyelid blendshapes (.npy/.npz with left and right arrays)."""
+    uv_path: Optional[str] = None
+    """UV layout for a model file without one (the official ``generic_model.pkl`` has none):
+    ``FLAME_texture.npz`` (its ``vt``, ``ft``), any .npz with ``vt`` [Vt, 2] and ``ft`` [F, 3],
+    or the FLAME template .obj (``vt`` lines and ``f v/vt`` faces). None = the model file's own.
+    Every file path here may be a URI (s3://...): it is downloaded once per machine into the
+    cache (``$DCNN_FLAME_CACHE``, default ``~/.cache/dcnn_flame``)."""
     n_shape: int = 100
     """Identity shape components used (<= 300 in FLAME files)."""
     n_expr: int = 50
@@ -79,6 +85,10 @@ class HeadDemoConfig:
     """Head model."""
     out_dir: str = "demo_out"
     """Output directory or URI prefix for the OBJ/PLY files."""
+    au_map_path: Optional[str] = None
+    """AU -> FLAME expression/jaw map (.npz with au_to_expr [17, E] and au_to_jaw [17, 3]; path or
+    URI) for the smile pose. None = the head model's own (the procedural head carries one; a real
+    FLAME file does not: then the smile is a jaw opening alone, and the demo says so)."""
     storage: StorageConfig = field(default_factory=StorageConfig)
     """Object-store settings used when out_dir is a remote URI."""
 
@@ -675,7 +685,7 @@ class SupervisionTrainConfig:
     (where ``jobs/prepare.py source=synthetic`` writes)."""
     output_uri: Optional[str] = None
     """The teachers file to write (a metrics JSON ``<stem>.metrics.json`` goes next to it). None =
-    ``<storage.uri>/teachers/teachers.pt``. Point ``model.supervision.teachers_path`` at it."""
+    ``<storage.uri>/teachers/teachers.pt``. Point the training job's ``supervision.teachers_path`` at it."""
     epochs: int = 60
     """Passes over the training images (paper: 60)."""
     batch_size: int = 16

@@ -22,11 +22,23 @@ def _au_vector(**intensities: float) -> torch.Tensor:
     return a
 
 
+#: The smile pose's jaw opening (about the x axis) when no AU map is given.
+JAW_ONLY_OPEN_RAD = math.radians(12.0)
+
+
 def demo_poses(n_expr: int, au_map) -> dict[str, dict[str, torch.Tensor]]:
-    """Named FLAME parameter sets: neutral, a jaw-open smile, a head turn and both."""
-    smile = _au_vector(au06=0.8, au12=1.0, au25=0.8, au26=0.7)
-    expr, jaw = au_map(smile)
-    expr = expr[:, :n_expr]
+    """Named FLAME parameter sets: neutral, a jaw-open smile, a head turn and both.
+
+    ``au_map``: AU vectors -> (expression, jaw); None = no map (a real FLAME file without
+    one): the "smile" is then a jaw opening of :data:`JAW_ONLY_OPEN_RAD` with no expression."""
+    if au_map is not None:
+        smile = _au_vector(au06=0.8, au12=1.0, au25=0.8, au26=0.7)
+        expr, jaw = au_map(smile)
+        expr = expr[:, :n_expr]
+        if expr.shape[1] < n_expr:
+            expr = torch.cat([expr, expr.new_zeros(1, n_expr - expr.shape[1])], 1)
+    else:
+        expr, jaw = torch.zeros(1, n_expr), torch.tensor([[JAW_ONLY_OPEN_RAD, 0.0, 0.0]])
     zero_pose = torch.zeros(1, 15)
     smile_pose = zero_pose.clone()
     smile_pose[:, 6:9] = jaw
@@ -49,10 +61,19 @@ def run(cfg: HeadDemoConfig) -> list[str]:
     from dcnn_flame.flame.factory import build_flame_layer, load_flame_data
     from dcnn_flame.io.storage import StorageOptions
 
-    data = load_flame_data(cfg.flame)
-    layer = build_flame_layer(cfg.flame, data)
-    au_map = AUExpressionMap.from_model_data(data)
     opts = StorageOptions(cfg.storage.endpoint_url, cfg.storage.region, cfg.storage.anon)
+    data = load_flame_data(cfg.flame, opts)
+    layer = build_flame_layer(cfg.flame, data)
+    if cfg.au_map_path:
+        from dcnn_flame.model.criterion import load_au_map
+
+        au_map = AUExpressionMap(*load_au_map(cfg.au_map_path, opts))
+    elif "au_to_expr" in data.extras and "au_to_jaw" in data.extras:
+        au_map = AUExpressionMap.from_model_data(data)
+    else:
+        au_map = None
+        print(f"head model {data.source or data.edition} carries no AU -> expression map: the smile pose is a "
+              f"jaw opening alone (give au_map_path=<.npz with au_to_expr, au_to_jaw> for the AU smile)")
     out = storage.resolve(cfg.out_dir)
     written = []
     texture = data.extras.get("albedo_mean")

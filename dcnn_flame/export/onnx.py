@@ -46,7 +46,7 @@ INPUT_NAME = "images"
 BATCH_AXIS = "batch"
 #: FlameConfig fields that a checkpoint's head model takes from ``cfg.flame`` when its
 #: model_path is set (the files); the rest (sizes, switches) always come from the checkpoint.
-_FLAME_FILE_FIELDS = ("model_path", "landmark_path", "dynamic_landmark_path", "eyelids_path")
+_FLAME_FILE_FIELDS = ("model_path", "landmark_path", "dynamic_landmark_path", "eyelids_path", "uv_path")
 
 
 @dataclass
@@ -156,7 +156,7 @@ def load_inference_model(cfg: ExportConfig) -> LoadedModel:
         model_cfg = dataclasses.replace(ModelConfig(**_known_fields(ModelConfig, config["model"])),
                                         backbone_weights=None)
         teachers = cfg.teachers_path or (config.get("supervision") or {}).get("teachers_path")
-    data = load_flame_data(flame_cfg)
+    data = load_flame_data(flame_cfg, options)
     model = build_model(flame_cfg, model_cfg, data)
     if state is not None:
         try:

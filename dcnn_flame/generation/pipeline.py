@@ -177,7 +177,7 @@ def resolve_au_map(cfg: "GenerateConfig", ckpt_config: dict, flame_data: Any, na
         from dcnn_flame.generation.predictor import checkpoint_flame_config
 
         try:
-            data = load_flame_data(checkpoint_flame_config(ckpt_config))
+            data = load_flame_data(checkpoint_flame_config(ckpt_config), options)
         except (OSError, ValueError):
             return path, None  # the actors load it (their nodes may hold the file) and check there
     au_map = load_au_map(data, path, options)
@@ -320,12 +320,12 @@ def actor_pool(size: int, calls: int):
                                       enable_true_multi_threading=True)
 
 
-def _checkpoint_head(ckpt_config: dict):
+def _checkpoint_head(ckpt_config: dict, options=None):
     """The head model a checkpoint was trained with (its flame config), loaded on the driver."""
     from dcnn_flame.flame.factory import load_flame_data
     from dcnn_flame.generation.predictor import checkpoint_flame_config
 
-    return load_flame_data(checkpoint_flame_config(ckpt_config))
+    return load_flame_data(checkpoint_flame_config(ckpt_config), options)
 
 
 def run(cfg: "GenerateConfig") -> GenerateSummary:
@@ -372,7 +372,7 @@ def run(cfg: "GenerateConfig") -> GenerateSummary:
     if cfg.flame.model_path:
         from dcnn_flame.flame.factory import load_flame_data
 
-        flame_data = load_flame_data(cfg.flame)
+        flame_data = load_flame_data(cfg.flame, options)
     else:
         from dcnn_flame.config import FlameConfig
         from dcnn_flame.data.synthetic import procedural_head
@@ -405,7 +405,8 @@ def run(cfg: "GenerateConfig") -> GenerateSummary:
                      "performance_frames": perf_digest, "bake_detail": cfg.bake_detail,
                      "write_obj": cfg.write_obj, "preview": cfg.preview, "preview_size": cfg.preview_size,
                      "preview_max": cfg.preview_max, "au_map_path": au_map_path, "au_map": au_map_digest,
-                     "teachers_path": cfg.teachers_path, "model_path": cfg.flame.model_path, "bf16": cfg.bf16,
+                     "teachers_path": cfg.teachers_path, "model_path": cfg.flame.model_path,
+                     "uv_path": cfg.flame.uv_path, "bf16": cfg.bf16,
                      "decode": {"detector": dsettings.worker.detector, "landmarks": dsettings.worker.landmarks,
                                 "align": cfg.align, "margin": cfg.margin, "min_crop_std": cfg.min_crop_std,
                                 "center_crop_fraction": cfg.center_crop_fraction,
@@ -456,7 +457,7 @@ def run(cfg: "GenerateConfig") -> GenerateSummary:
         if cfg.write_stage == "tasks":
             from dcnn_flame.generation.write_stage import MeshTopology
 
-            topology = MeshTopology.of(flame_data if flame_data is not None else _checkpoint_head(ckpt_config))
+            topology = MeshTopology.of(flame_data if flame_data is not None else _checkpoint_head(ckpt_config, options))
         items = [{"character_id": t.character_id, "character_key": t.key, "image_uris": t.image_uris,
                   "sizes": t.sizes} for t in todo]
         blocks = max(1, min(len(items), -(-len(items) // cfg.decode_batch_size)))

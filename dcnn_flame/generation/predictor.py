@@ -159,7 +159,7 @@ def load_model(checkpoint_uri: str, options: Optional[StorageOptions] = None, fl
     known = {f for f in ModelConfig.__dataclass_fields__}
     model_cfg = ModelConfig(**{k: v for k, v in (config.get("model") or {}).items() if k in known})
     flame_cfg = checkpoint_flame_config(config)
-    data = flame_data if flame_data is not None else load_flame_data(flame_cfg)
+    data = flame_data if flame_data is not None else load_flame_data(flame_cfg, options)
     model = build_model(flame_cfg, model_cfg, data)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if not k.startswith(("flame.", "renderer."))]:

@@ -206,3 +206,34 @@ def list_files(prefix: str, options: Optional[StorageOptions] = None, suffixes: 
             continue
         out.append(p if proto == "file" else f"{proto}://{p}")
     return out
+
+
+def cache_dir() -> str:
+    """Where :func:`local_copy` keeps files: ``$DCNN_FLAME_CACHE`` or ``~/.cache/dcnn_flame``."""
+    return os.path.abspath(os.path.expanduser(os.environ.get("DCNN_FLAME_CACHE") or "~/.cache/dcnn_flame"))
+
+
+def local_copy(uri: str, options: Optional[StorageOptions] = None, what: str = "file") -> str:
+    """A local path holding the bytes of ``uri``: a local path is returned as it is; an object
+    (``s3://...``) is downloaded once into :func:`cache_dir` (``assets/<digest>/<its name>``, the
+    digest covering the URI and the object's ETag/size/modification time, so a changed object is
+    fetched again and the file keeps its name, which some loaders read the edition from).
+
+    Raises:
+        FileNotFoundError: naming ``what`` and the URI when the object does not exist.
+    """
+    if is_local(uri):
+        return resolve(uri)
+    fs, path = get_fs(uri, options)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {uri!r} does not exist (or these credentials cannot see it)") from None
+    stamp = [uri, info.get("ETag") or info.get("etag"), info.get("size"),
+             str(info.get("LastModified") or info.get("mtime") or info.get("updated") or "")]
+    digest = hashlib.sha1("\x00".join(str(x) for x in stamp).encode()).hexdigest()[:16]
+    name = os.path.basename(path.rstrip("/")) or "asset"
+    local = os.path.join(cache_dir(), "assets", digest, name)
+    if not os.path.isfile(local):
+        atomic_write_bytes(local, fs.cat_file(path))  # atomic: concurrent workers never read half a file
+    return local

@@ -23,9 +23,19 @@ class AlbedoLoadError(ValueError):
 def load_albedo_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
     """Read a FLAME albedo/texture model -> (mean [H, W, 3], basis [H, W, 3, K]) in [0, 1].
 
+    ``path`` may be a URI (s3://...): downloaded once per machine into the local cache
+    (:func:`dcnn_flame.io.storage.local_copy`, credentials and endpoint from the environment).
+
     Raises:
         AlbedoLoadError: naming the path and the keys found when the layout is unknown.
     """
+    if "://" in str(path) and not str(path).startswith("file://"):
+        from dcnn_flame.io.storage import local_copy
+
+        try:
+            path = local_copy(str(path), what="model.albedo_path")
+        except FileNotFoundError as exc:
+            raise AlbedoLoadError(str(exc)) from None
     if not os.path.exists(path):
         raise AlbedoLoadError(f"albedo model not found: {path}. Pass model.albedo_path=<file> "
                               f"(FLAME_albedo_from_BFM.npz or FLAME_texture.npz) or leave it unset "

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from dcnn_flame.flame.data import FlameModelData
 from dcnn_flame.flame.layer import FlameLayer
+from dcnn_flame.flame.unpickler import FlameAssetError
 from dcnn_flame.model.albedo import AlbedoModel, load_albedo_npz
 from dcnn_flame.model.config import ModelConfig
 from dcnn_flame.model.detail import DetailDecoder, DetailEncoder
@@ -38,9 +39,14 @@ class DCNNFlame(nn.Module):
     def __init__(self, cfg: ModelConfig, flame: FlameModelData, n_shape: int = 100, n_expr: int = 50):
         super().__init__()
         if flame.uv_coords is None or flame.uv_faces is None:
-            raise ValueError(f"{flame.source}: the head model has no UV layout (vt/ft); DCNN-FLAME renders "
-                             f"UV albedo, so give a FLAME model with UVs (e.g. the .npz written by "
-                             f"save_flame_model with the FLAME texture-space UVs) or use the procedural head")
+            raise FlameAssetError(f"{flame.source}: the head model has no UV layout (vt/ft), and DCNN-FLAME "
+                                  f"renders UV albedo: set flame.uv_path to FLAME_texture.npz (or the FLAME "
+                                  f"template .obj), or use a model file with UVs, or the procedural head")
+        if flame.landmarks is None:
+            raise FlameAssetError(f"{flame.source}: the head model has no 68-landmark embedding, which the "
+                                  f"landmark loss and the projected landmarks need: set flame.landmark_path to "
+                                  f"DECA's landmark_embedding.npy or RingNet's flame_static_embedding.pkl (with "
+                                  f"flame.dynamic_landmark_path=flame_dynamic_embedding.npy)")
         self.cfg = cfg
         self.n_shape, self.n_expr = n_shape, n_expr
         self.flame = FlameLayer(flame, n_shape=n_shape, n_expr=n_expr, dynamic_contour=True)
