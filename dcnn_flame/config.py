@@ -62,6 +62,23 @@ class StorageConfig:
     anon: bool = False
     """Anonymous access (public buckets). Credentials otherwise come from the standard
     AWS environment/config chain and are never written to configs or logs."""
+    kind: str = "local"
+    """Which storage group chose these settings ("local", "s3"; set by configs/storage/*.yaml):
+    with "s3", a local ``uri`` is refused where a job would write under it (:meth:`root`)."""
+
+    def root(self) -> str:
+        """``uri``, where a job writes what it is not given an explicit URI for.
+
+        Raises:
+            ValueError: ``kind`` is "s3" but ``uri`` is a local path (``storage=s3`` without
+                ``storage.uri=s3://...``: the outputs would silently land on the local disk, e.g.
+                an ephemeral pod's).
+        """
+        if self.kind != "local" and "://" not in str(self.uri):
+            raise ValueError(f"storage={self.kind} but storage.uri is {self.uri!r}, a local path: outputs "
+                             f"would land on this machine's disk. Give storage.uri={self.kind}://<bucket>/<prefix> "
+                             f"(or this job's own output URI)")
+        return self.uri
 
 
 @dataclass

@@ -417,7 +417,7 @@ def _named_params(cfg: "QueryConfig") -> dict[str, Any]:
 def run(cfg: "QueryConfig") -> "pd.DataFrame":
     """The query job: open the tables, run one named query or SQL, print or write the result."""
     opts = StorageOptions(cfg.storage.endpoint_url, cfg.storage.region, cfg.storage.anon)
-    uri = cfg.uri or storage.join(cfg.storage.uri, "generated")  # where jobs/generate.py writes by default
+    uri = cfg.uri or storage.join(cfg.storage.root(), "generated")  # where jobs/generate.py writes by default
     if cfg.sql and cfg.sql_file:
         raise ValueError("give sql or sql_file, not both")
     sql = cfg.sql or (storage.read_bytes(cfg.sql_file, opts).decode("utf-8") if cfg.sql_file else None)

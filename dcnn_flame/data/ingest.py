@@ -95,7 +95,7 @@ def storage_options(cfg: PrepareConfig) -> StorageOptions:
 
 
 def output_uri_of(cfg: PrepareConfig) -> str:
-    return storage.resolve(cfg.output_uri or storage.join(cfg.storage.uri, "prepared", storage.safe_key(cfg.source)))
+    return storage.resolve(cfg.output_uri or storage.join(cfg.storage.root(), "prepared", storage.safe_key(cfg.source)))
 
 
 def index_input(cfg: PrepareConfig, options: StorageOptions):

@@ -360,8 +360,8 @@ def run(cfg: "GenerateConfig") -> GenerateSummary:
 
     if cfg.cuda_wait not in CUDA_WAIT_MODES:
         raise ValueError(f"cuda_wait must be one of {', '.join(CUDA_WAIT_MODES)}, got {cfg.cuda_wait!r}")
+    output_uri = storage.resolve(cfg.output_uri or storage.join(cfg.storage.root(), "generated"))
     input_uri, checkpoint, detector, demo_lib = _demo_inputs(cfg, options)
-    output_uri = storage.resolve(cfg.output_uri or storage.join(cfg.storage.uri, "generated"))
     run_name = cfg.name
     run_uri = storage.join(output_uri, storage.safe_key(run_name))
     ckpt_uri = resolve_checkpoint(checkpoint, options)

@@ -350,8 +350,8 @@ def run(cfg: SupervisionTrainConfig) -> SupervisionResult:
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
     options = StorageOptions(cfg.storage.endpoint_url, cfg.storage.region, cfg.storage.anon)
-    data_uri = storage.resolve(cfg.data_uri or storage.join(cfg.storage.uri, "prepared", "synthetic", "shards"))
-    output_uri = storage.resolve(cfg.output_uri or storage.join(cfg.storage.uri, "teachers", "teachers.pt"))
+    data_uri = storage.resolve(cfg.data_uri or storage.join(cfg.storage.root(), "prepared", "synthetic", "shards"))
+    output_uri = storage.resolve(cfg.output_uri or storage.join(cfg.storage.root(), "teachers", "teachers.pt"))
     device = resolve_device(cfg.device)
 
     index = read_view_index(data_uri, options, cfg.max_images)

@@ -42,7 +42,7 @@ def storage_options(cfg: TrainConfig) -> StorageOptions:
 
 def runs_uri(cfg: TrainConfig) -> str:
     """Resolved ``<storage.uri>/runs`` (Ray's storage_path)."""
-    return storage.join(storage.resolve(cfg.storage.uri), "runs")
+    return storage.join(storage.resolve(cfg.storage.root()), "runs")
 
 
 def run_uri(cfg: TrainConfig) -> str:

@@ -69,7 +69,7 @@ def experiment_name(cfg: TuneJobConfig) -> str:
 
 def experiment_uri(cfg: TuneJobConfig) -> str:
     """Resolved ``<storage.uri>/tune/<name>``."""
-    return storage.join(storage.resolve(cfg.storage.uri), "tune", experiment_name(cfg))
+    return storage.join(storage.resolve(cfg.storage.root()), "tune", experiment_name(cfg))
 
 
 def _options(cfg: TuneJobConfig) -> StorageOptions:
@@ -139,7 +139,7 @@ def _tune_objects(cfg: TuneJobConfig, task_factory: Optional[TaskFactory], stopp
                                   max_t=max(cfg.train.trainer.max_steps, cfg.asha_grace_period))
     tune_config = tune.TuneConfig(metric=SCORE, mode="min", scheduler=scheduler,
                                   max_concurrent_trials=cfg.max_concurrent_trials)
-    root = storage.join(storage.resolve(cfg.storage.uri), "tune")
+    root = storage.join(storage.resolve(cfg.storage.root()), "tune")
     fs = arrow_filesystem(root, _options(cfg))
     run_config = tune.RunConfig(name=experiment_name(cfg),
                                 storage_path=strip_protocol(root) if fs is not None else root,

@@ -94,3 +94,31 @@ def test_synthetic_au_preset_is_the_synthetic_source_with_detector_settings():
     assert (s.free_au_fraction, s.jaw_noise_deg, s.expr_noise, s.store_vertices) == (0.9, 0.25, 0.1, False)
     assert s.image_size == 112 and plain.synthetic.image_size == 224
     assert plain.synthetic.jaw_noise_deg == 1.0  # the plain world keeps its nuisance
+
+
+def test_storage_s3_without_a_bucket_uri_is_refused_where_a_job_writes_under_it():
+    """``storage=s3`` without ``storage.uri``: OmegaConf keeps the schema's local default when
+    the group's ``???`` is merged, so outputs went to ./outputs without a word."""
+    from dcnn_flame.data.ingest import output_uri_of
+    from dcnn_flame.generation.pipeline import run as generate
+    from dcnn_flame.query import run as query
+    from dcnn_flame.training.trainer import runs_uri as storage_path
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        extra = {"prepare": ["input_uri=s3://b/library"]}
+        composed = {name: OmegaConf.to_object(compose(config_name=name, overrides=["storage=s3", *extra.get(name, [])]))
+                    for name in ("train", "generate", "prepare", "query")}
+        bucket = OmegaConf.to_object(compose(config_name="train", overrides=["storage=s3",
+                                                                             "storage.uri=s3://b/dcnn"]))
+    assert {c.storage.kind for c in composed.values()} == {"s3"}
+    assert composed["train"].storage.uri == "outputs"  # what the merge leaves
+    for call in (lambda: storage_path(composed["train"]), lambda: output_uri_of(composed["prepare"]),
+                 lambda: generate(composed["generate"]), lambda: query(composed["query"])):
+        with pytest.raises(ValueError, match=r"storage=s3 but storage.uri is 'outputs', a local path.*"
+                                             r"storage.uri=s3://<bucket>/<prefix>"):
+            call()
+    assert storage_path(bucket) == "s3://b/dcnn/runs"
+    # an explicit output URI needs no storage.uri (jobs/generate.py's own example)
+    explicit = dataclasses.replace(composed["prepare"], output_uri="s3://b/prepared/x")
+    assert output_uri_of(explicit) == "s3://b/prepared/x"
+    assert cfgmod.StorageConfig().root() == "outputs"  # local, the default
