@@ -250,10 +250,9 @@ def reconstruct(loaded: LoadedModel, images: torch.Tensor, bf16: bool = False) -
     with torch.inference_mode(), bf16_autocast(bf16, images.device):
         out = loaded.model(images, render=False)
         if loaded.au_net is not None:
-            s = loaded.au_size
-            x = flat if flat.shape[-1] == s else F.interpolate(flat, size=(s, s), mode="bilinear",
-                                                                align_corners=False)
-            au = loaded.au_net(x).probs.float()
+            # The detector's own input adapter resizes to its size, antialiased as in its
+            # training (a plain bilinear shrink here aliased: AU probabilities off by up to ~0.03).
+            au = loaded.au_net(flat).probs.float()
         else:
             au = flat.new_full((B * V, 17), float("nan"))
     from dcnn_flame.generation.writers import albedo_u8

@@ -13,6 +13,29 @@ from torch import Tensor, nn
 OUTPUT_NAMES = ("shape", "expression", "pose", "camera", "light", "albedo_code", "detail_code", "au")
 
 
+def resize_matrix(size_in: int, size_out: int, dtype=torch.float32, device=None) -> Tensor:
+    """[size_out, size_in]: the rows PyTorch's antialiased bilinear resize (``F.interpolate(...,
+    antialias=True)``, the AU detector's own input resize) applies along one axis, taken from it
+    by resizing the identity (the resize is linear and separable, so this is exact)."""
+    # Two identical columns: with a width of 1, PyTorch 2.13's CPU antialiased kernel returns a
+    # constant column (seen here), with 2 it resizes each column like any image's.
+    eye = torch.eye(size_in, dtype=torch.float64, device=device).reshape(size_in, 1, size_in, 1).expand(-1, -1, -1, 2)
+    rows = F.interpolate(eye.contiguous(), size=(size_out, 2), mode="bilinear", align_corners=False,
+                         antialias=size_out < size_in)
+    return rows[..., 0].reshape(size_in, size_out).t().to(dtype)
+
+
+def antialiased_resize(images: Tensor, size: int) -> Tensor:
+    """images [N, C, H, W] -> [N, C, size, size], as ``F.interpolate(mode="bilinear",
+    antialias=True)`` (what the AU detector was trained to see), written as two matrix products
+    so that the ONNX export carries it (the exporter has no antialiased resize). The matrices are
+    built from the input's shape: constants in a traced graph."""
+    h, w = images.shape[-2:]
+    wy = resize_matrix(int(h), size, images.dtype, images.device)  # [size, H]
+    wx = resize_matrix(int(w), size, images.dtype, images.device)  # [size, W]
+    return torch.matmul(torch.matmul(wy, images), wx.t())
+
+
 class InferenceModel(nn.Module):
     """Wraps a trained :class:`~dcnn_flame.model.dcnn_flame.DCNNFlame` and AU detector.
 
@@ -39,8 +62,7 @@ class InferenceModel(nn.Module):
         n = images.shape[0]
         if self.au_net is not None:
             s = self.au_input_size
-            au_in = images if images.shape[-1] == s else F.interpolate(images, size=(s, s), mode="bilinear",
-                                                                       align_corners=False)
+            au_in = images if tuple(images.shape[-2:]) == (s, s) else antialiased_resize(images, s)
             au = self.au_net(au_in).probs
         else:
             au = images.new_full((n, 17), float("nan"))

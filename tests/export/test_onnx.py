@@ -163,3 +163,35 @@ def test_bad_settings(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         ox.run(_cfg(tmp_path / "a.onnx", flame, checkpoint=str(tmp_path / "missing")))
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_the_au_input_is_shrunk_as_the_detector_was_trained_also_in_onnx(tmp_path):
+    """The inference graph shrinks the image for the AU detector with the detector's own
+    antialiased resize (a plain bilinear shrink aliased: AU probabilities off by up to ~0.03),
+    as two matrix products that the ONNX exporter carries (it has no antialiased resize)."""
+    import torch.nn.functional as F
+
+    from dcnn_flame.model.inference import antialiased_resize
+    from dcnn_flame.supervision.blocks import InputAdapter
+
+    g = torch.Generator().manual_seed(0)
+    for shape, size in (((2, 3, 224, 224), 112), ((1, 3, 200, 160), 112), ((1, 3, 64, 64), 112), ((1, 3, 96, 96), 50)):
+        x = torch.rand(*shape, generator=g)
+        ref = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=size < shape[-1])
+        np.testing.assert_allclose(antialiased_resize(x, size).numpy(), ref.numpy(), atol=2e-5)
+        adapter = InputAdapter(size)
+        np.testing.assert_allclose(adapter(antialiased_resize(x, size)).numpy(), adapter(x).numpy(), atol=1e-4)
+    aliased = F.interpolate(x, size=(50, 50), mode="bilinear", align_corners=False)
+    assert np.abs(aliased.numpy() - antialiased_resize(x, 50).numpy()).max() > 0.05  # the difference is real
+
+    class Shrink(torch.nn.Module):
+        def forward(self, images):
+            return antialiased_resize(images, 112)
+
+    path = tmp_path / "shrink.onnx"
+    x = torch.rand(2, 3, 224, 224, generator=g)
+    torch.onnx.export(Shrink(), (x,), str(path), input_names=["images"], output_names=["out"], opset_version=17,
+                      dynamic_axes={"images": {0: "batch"}, "out": {0: "batch"}}, dynamo=False)
+    got = _ort(path).run(["out"], {"images": x[:1].numpy()})[0]
+    ref = F.interpolate(x[:1], size=(112, 112), mode="bilinear", align_corners=False, antialias=True)
+    np.testing.assert_allclose(got, ref.numpy(), atol=2e-5)
