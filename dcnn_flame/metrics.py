@@ -105,6 +105,7 @@ def ssim(
     sigma: float = 1.5,
     k1: float = 0.01,
     k2: float = 0.03,
+    mask: Tensor | None = None,
 ) -> Tensor:
     """Eq. 16 SSIM (Wang et al. 2004) per image.
 
@@ -113,6 +114,10 @@ def ssim(
     c1 = (k1 L)^2, c2 = (k2 L)^2 with L = ``data_range``; variances and covariance are
     the window-weighted (population) moments. The SSIM map is averaged over positions,
     then over channels.
+
+    ``mask`` [B, 1, H, W] (bool or 0/1): average only over the positions whose window centre it
+    covers, e.g. the rendered face (a render composited over its input is identical to it
+    outside the face, which would inflate the score); NaN for an image with no such position.
 
     Args: pred, target [B, C, H, W] with H, W >= window_size. Returns: [B] (float32 or
         the input dtype if float64).
@@ -141,7 +146,14 @@ def ssim(
     s_pt = filt(p * t) - mu_p * mu_t
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     smap = ((2 * mu_p * mu_t + c1) * (2 * s_pt + c2)) / ((mu_p**2 + mu_t**2 + c1) * (s_pp + s_tt + c2))
-    return smap.mean(dim=(2, 3)).mean(dim=1)
+    if mask is None:
+        return smap.mean(dim=(2, 3)).mean(dim=1)
+    r = window_size // 2
+    h, w = smap.shape[-2:]
+    m = (mask[:, :1, r:r + h, r:r + w] > 0.5).to(dtype)  # the centres of the valid windows
+    count = m.sum(dim=(2, 3))  # [B, 1]
+    per_image = (smap.mean(dim=1, keepdim=True) * m).sum(dim=(2, 3)) / count.clamp_min(1.0)
+    return torch.where(count > 0, per_image, torch.full_like(per_image, float("nan")))[:, 0]
 
 
 # --------------------------------------------------------------------------- expression
@@ -224,7 +236,13 @@ def macro_f1(pred: Tensor, target: Tensor, num_classes: int = NUM_EXPRESSION_CLA
     so a small evaluation split without e.g. "contempt" is not penalised or rewarded.
     Returns: scalar float32 (NaN if no valid target).
     """
-    cm = confusion_matrix(pred, target, num_classes, ignore_index).to(torch.float64)
+    return macro_f1_from_confusion(confusion_matrix(pred, target, num_classes, ignore_index))
+
+
+def macro_f1_from_confusion(cm: Tensor) -> Tensor:
+    """:func:`macro_f1` of a [K, K] confusion matrix (rows = target): the way to combine
+    batches, which a mean of per-batch F1 scores is not. Returns: scalar float32 (NaN if empty)."""
+    cm = cm.to(torch.float64)
     tp = cm.diagonal()
     fp = cm.sum(0) - tp
     fn = cm.sum(1) - tp

@@ -246,3 +246,44 @@ def test_lpips_from_files_matches_naive(lpips_files, tmp_path):
         load_lpips(tmp_path / "wrong.pth", vgg_path)
     with pytest.raises(FileNotFoundError):
         load_lpips(tmp_path / "absent.pth", vgg_path)
+
+
+def test_masked_ssim_is_the_mean_of_the_map_over_the_mask():
+    import torch.nn.functional as F
+
+    from dcnn_flame import metrics as M
+
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.rand(2, 3, 40, 40, generator=g, dtype=torch.float64), torch.rand(2, 3, 40, 40, generator=g,
+                                                                                     dtype=torch.float64)
+    y[1] = x[1]  # identical outside the face, as a render pasted over its input
+    mask = torch.zeros(2, 1, 40, 40, dtype=torch.bool)
+    mask[:, :, 10:30, 12:28] = True
+    y[1][:, 10:30, 12:28] = torch.rand(3, 20, 16, generator=g, dtype=torch.float64)
+    # naive: the full SSIM map, averaged over channels, then over the masked window centres
+    win = M.gaussian_window(11, 1.5, torch.float64)
+    k = (win[:, None] * win[None, :])[None, None].expand(3, 1, 11, 11)
+
+    def f(t):
+        return F.conv2d(t, k, groups=3)
+
+    mu_x, mu_y = f(x), f(y)
+    sxx, syy, sxy = f(x * x) - mu_x ** 2, f(y * y) - mu_y ** 2, f(x * y) - mu_x * mu_y
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    smap = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))).mean(1)
+    centres = mask[:, 0, 5:35, 5:35]
+    ref = torch.stack([smap[i][centres[i]].mean() for i in range(2)])
+    torch.testing.assert_close(M.ssim(x, y, mask=mask), ref)
+    assert M.ssim(x, y)[1] > M.ssim(x, y, mask=mask)[1] + 0.3  # the background inflated the whole-image score
+    assert torch.isnan(M.ssim(x, y, mask=torch.zeros_like(mask))).all()
+
+
+def test_macro_f1_from_summed_confusion_matrices_is_the_sets():
+    from dcnn_flame import metrics as M
+
+    g = torch.Generator().manual_seed(2)
+    pred, target = torch.randint(0, 8, (64,), generator=g), torch.randint(0, 8, (64,), generator=g)
+    cms = [M.confusion_matrix(pred[i:i + 16], target[i:i + 16]) for i in range(0, 64, 16)]
+    assert float(M.macro_f1_from_confusion(sum(cms))) == pytest.approx(float(M.macro_f1(pred, target)))
+    per_batch = sum(float(M.macro_f1(pred[i:i + 16], target[i:i + 16])) for i in range(0, 64, 16)) / 4
+    assert per_batch != pytest.approx(float(M.macro_f1(pred, target)), abs=1e-3)  # why batches are summed

@@ -170,25 +170,50 @@ def prepare_view(data: bytes, box: np.ndarray, lmk5: np.ndarray, settings: Worke
         crop_box=A.crop_box(m, IMAGE_SIZE).astype(np.float32).tolist())
 
 
+#: Attempts at an image read that fails with a possibly transient error (an object store's
+#: timeout, a dropped connection), with READ_BACKOFF_S, then twice that, between them: a failure
+#: row is committed with its shard, so a rerun would not try the image again.
+READ_ATTEMPTS = 3
+READ_BACKOFF_S = 0.5
+
+
 def _read(fs, path: str, size: Optional[int], max_bytes: int) -> bytes:
     """An image's bytes; ``size`` None = unknown (the metadata index): then at most
-    ``max_bytes + 1`` bytes are read (one ranged read), so a huge file is never read whole."""
+    ``max_bytes + 1`` bytes are read (one ranged read), so a huge file is never read whole.
+    A missing file or a refused permission fails at once; other errors are retried
+    (:data:`READ_ATTEMPTS`)."""
     if size is not None and size > max_bytes:
         raise _Failure("read", "too_large", f"{size} bytes > max_image_bytes={max_bytes} (not read)")
-    try:
-        if size is None:
-            data = fs.cat_file(path, start=0, end=max_bytes + 1)
-            if len(data) > max_bytes:
-                raise _Failure("read", "too_large", f"more than max_image_bytes={max_bytes} bytes (reading "
-                                                    f"stopped there)")
-            return data
-        return fs.cat_file(path)
-    except _Failure:
-        raise
-    except FileNotFoundError:
-        raise _Failure("read", "missing", f"no such file: {path}") from None
-    except Exception as exc:
-        raise _Failure("read", "read_error", f"{type(exc).__name__}: {exc}") from None
+    last: Optional[BaseException] = None
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            if size is None:
+                try:
+                    data = fs.cat_file(path, start=0, end=max_bytes + 1)
+                except FileNotFoundError:
+                    raise
+                except Exception:
+                    # An object store refuses any range of an empty object (HTTP 416): then
+                    # the empty file is what it is (decode/empty), else the error stands.
+                    if fs.size(path) == 0:
+                        return b""
+                    raise
+                if len(data) > max_bytes:
+                    raise _Failure("read", "too_large", f"more than max_image_bytes={max_bytes} bytes (reading "
+                                                        f"stopped there)")
+                return data
+            return fs.cat_file(path)
+        except _Failure:
+            raise
+        except FileNotFoundError:
+            raise _Failure("read", "missing", f"no such file: {path}") from None
+        except (PermissionError, IsADirectoryError) as exc:
+            raise _Failure("read", "read_error", f"{type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - maybe transient: try again
+            last = exc
+            if attempt + 1 < READ_ATTEMPTS:
+                time.sleep(READ_BACKOFF_S * 2 ** attempt)
+    raise _Failure("read", "read_error", f"{type(last).__name__}: {last} ({READ_ATTEMPTS} attempts)")
 
 
 def _fetch_all(fs, jobs: list[tuple[str, str, int]], max_bytes: int):

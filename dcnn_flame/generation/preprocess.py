@@ -91,16 +91,10 @@ def crop_std(crop: np.ndarray) -> float:
 
 
 def read_image(uri: str, size: int, settings: DecodeSettings) -> bytes:
-    """Read one input image's bytes (``size`` from the listing, or -1: asked from the store first,
-    so that a file over ``max_image_bytes`` is never read); raises ``shard_writer._Failure``."""
+    """Read one input image's bytes; raises ``shard_writer._Failure``. ``size`` from the listing,
+    or -1 (a manifest): then one ranged read of at most ``max_image_bytes + 1`` bytes, so a file
+    over the limit is never read whole, in one request (it was a HEAD for the size, then the GET)."""
     fs, path = _fs_for(uri, settings)
-    if size < 0:
-        try:
-            size = int(fs.size(path))
-        except FileNotFoundError:
-            raise sw._Failure("read", "missing", f"no such file: {uri}") from None
-        except Exception:  # noqa: BLE001 - unknown size: _read still bounds the decode
-            size = -1
     return sw._read(fs, path, size if size >= 0 else None, settings.worker.max_image_bytes)
 
 

@@ -2,7 +2,9 @@
 
 Sources: the procedural head's basis (``FlameModelData.extras``), or a user file:
 ``FLAME_albedo_from_BFM.npz`` (keys ``MU`` [H*W*3] and ``PC`` [H*W*3, K], values in [0, 1])
-or ``FLAME_texture.npz`` (keys ``mean`` [H, W, 3] and ``tex_dir`` [H, W, 3, K], 0..255).
+or ``FLAME_texture.npz`` (keys ``mean`` [H, W, 3] and ``tex_dir`` [H, W, 3, K], 0..255). Both
+store BGR colours (as DECA reads them: it reverses the channels of either file); they are
+returned as RGB.
 Maps are stored as images: row 0 is v = 1 (the top of the texture), as OBJ/GLB viewers
 read texture images.
 """
@@ -57,8 +59,10 @@ def load_albedo_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
     side = int(round((mu.size / 3) ** 0.5))
     if side * side * 3 != mu.size:
         raise AlbedoLoadError(f"{path}: mean has {mu.size} values, not a square RGB map")
-    mean = mu.reshape(side, side, 3) * scale
-    basis = pc.reshape(side, side, 3, -1) * scale
+    # Both files store their colours in BGR order (BFM_to_FLAME writes ``img[y, x, ::-1] =
+    # rgb``; FLAME_texture.npz is a cv2 image): reversed to RGB here, for the mean and the basis.
+    mean = np.ascontiguousarray(mu.reshape(side, side, 3)[..., ::-1]) * scale
+    basis = np.ascontiguousarray(pc.reshape(side, side, 3, -1)[:, :, ::-1, :]) * scale
     return mean, basis
 
 

@@ -64,11 +64,27 @@ class Evaluator:
 
     @torch.no_grad()
     def __call__(self, outputs: ReconOutput, batch: dict) -> dict[str, float]:
+        """The metrics of one batch (:meth:`finalize` of :meth:`accumulate`)."""
+        return self.finalize(self.accumulate(outputs, batch))
+
+    @torch.no_grad()
+    def accumulate(self, outputs: ReconOutput, batch: dict) -> dict:
+        """One batch's metrics as sums to add up over a validation set: ``{metric: (sum, count)}``,
+        each over the samples that have it (views with ground truth, landmarks, labels, AUs or a
+        rendered face), and ``"confusion"``: the [8, 8] expression confusion counts of the
+        labelled views (macro-F1 and accuracy come from the whole set's, :meth:`finalize`)."""
         images = batch["images"]
         B, V = images.shape[:2]
         N = B * V
         flat = images.reshape(N, *images.shape[2:]).float()
-        out: dict[str, float] = {}
+        out: dict = {}
+
+        def add(name: str, values: Tensor) -> None:
+            v = values.detach().reshape(-1).double()
+            v = v[torch.isfinite(v)]
+            if v.numel():
+                out[name] = (float(v.sum()), float(v.numel()))
+
         dev = outputs.vertices.device
         if "gt_shape" in batch and "gt_expression" in batch and "gt_pose" in batch:
             gs = batch["gt_shape"].reshape(N, -1).to(dev).float()
@@ -78,14 +94,14 @@ class Evaluator:
             shape_n = outputs.shape.float().repeat_interleave(outputs.num_views, 0)
             pred_v = self.canonical_vertices(shape_n, outputs.expression.float(), outputs.pose.float())
             template = self.flame.v_template.to(dev)
-            out["vertex_error_mm"] = M.mean_vertex_error(pred_v, gt_v, scale_to_mm=True).mean().item()
-            out["mean_face_error_mm"] = M.mean_face_vertex_error(gt_v, template, scale_to_mm=True).mean().item()
+            add("vertex_error_mm", M.mean_vertex_error(pred_v, gt_v, scale_to_mm=True))
+            add("mean_face_error_mm", M.mean_face_vertex_error(gt_v, template, scale_to_mm=True))
             # the same after a similarity alignment (size is unobservable with an orthographic camera)
-            out["vertex_error_aligned_mm"] = M.mean_vertex_error(M.similarity_align(pred_v, gt_v), gt_v,
-                                                                 scale_to_mm=True).mean().item()
+            add("vertex_error_aligned_mm", M.mean_vertex_error(M.similarity_align(pred_v, gt_v), gt_v,
+                                                               scale_to_mm=True))
             mean_face = template.to(gt_v.dtype).expand_as(gt_v)
-            out["mean_face_error_aligned_mm"] = M.mean_vertex_error(M.similarity_align(mean_face, gt_v), gt_v,
-                                                                    scale_to_mm=True).mean().item()
+            add("mean_face_error_aligned_mm", M.mean_vertex_error(M.similarity_align(mean_face, gt_v), gt_v,
+                                                                  scale_to_mm=True))
         lmk = batch.get("landmarks")
         if lmk is not None and outputs.landmarks2d is not None:
             from dcnn_flame.render.camera import to_pixels
@@ -95,25 +111,36 @@ class Evaluator:
             ok = torch.isfinite(tgt).all(-1)
             if ok.any():
                 err = (to_pixels(outputs.landmarks2d.float(), H, W) - torch.nan_to_num(tgt)).norm(dim=-1)
-                out["landmark_error_px"] = err[ok].mean().item()
+                add("landmark_error_px", err[ok])
         if outputs.image.numel():
             render = outputs.image.float()
-            out["ssim"] = M.ssim(render, flat).mean().item()
+            # Over the rendered face only: outside it the render is the input pasted back.
+            mask = outputs.mask if outputs.mask is not None and outputs.mask.numel() else None
+            add("ssim", M.ssim(render, flat, mask=mask))
             if self.expr_net is not None:
                 ex_r, ex_i = self.expr_net(self._teach(render)), self.expr_net(self._teach(flat))
-                nonmetric = M.cosine_distance(ex_r.embedding, ex_i.embedding).mean()
-                out["nonmetric"] = nonmetric.item()
+                add("nonmetric", M.cosine_distance(ex_r.embedding, ex_i.embedding))
                 labels = batch.get("expression_class")
                 if labels is not None:
                     labels = labels.reshape(-1).to(dev)
                     if (labels >= 0).any():
-                        out["accuracy"] = M.accuracy(ex_r.logits, labels).item()
-                        out["macro_f1"] = M.macro_f1(ex_r.logits, labels).item()
-                if "vertex_error_mm" in out:
-                    out["l_eval"] = float(M.eval_score(out["vertex_error_mm"], out["nonmetric"]))
+                        out["confusion"] = M.confusion_matrix(ex_r.logits, labels).cpu()
             if self.au_net is not None and "au" in batch:
                 au_gt = batch["au"].reshape(N, -1).to(dev).float()
                 if torch.isfinite(au_gt).any():
-                    out["aumr"] = M.aumr(self.au_net(self._teach(render)).probs, au_gt,
-                                         eps=self.aumr_eps).nanmean().item()
+                    add("aumr", M.aumr(self.au_net(self._teach(render)).probs, au_gt, eps=self.aumr_eps))
+        return out
+
+    @staticmethod
+    def finalize(sums: dict) -> dict[str, float]:
+        """Means from :meth:`accumulate`'s sums (added up over batches and ranks), with accuracy and
+        macro-F1 from the summed confusion counts and L_eval (Eq. 19) from the means."""
+        out: dict[str, float] = {k: s / n for k, v in sums.items() if k != "confusion" for s, n in [v] if n > 0}
+        cm = sums.get("confusion")
+        if cm is not None and int(torch.as_tensor(cm).sum()) > 0:
+            cm = torch.as_tensor(cm)
+            out["accuracy"] = float(cm.diagonal().sum()) / float(cm.sum())
+            out["macro_f1"] = float(M.macro_f1_from_confusion(cm))
+        if "vertex_error_mm" in out and "nonmetric" in out:
+            out["l_eval"] = float(M.eval_score(out["vertex_error_mm"], out["nonmetric"]))
         return out

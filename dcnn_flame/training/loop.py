@@ -142,6 +142,18 @@ def _gather(obj: Any) -> list[Any]:
     return out
 
 
+def _add_sums(into: dict, part: dict) -> None:
+    """Add one batch's (or rank's) metric sums into ``into``: ``(sum, count)`` pairs add up,
+    a ``"confusion"`` count matrix adds up elementwise."""
+    for k, v in part.items():
+        if k == "confusion":
+            v = torch.as_tensor(v)
+            into[k] = v.clone() if k not in into else into[k] + v
+        else:
+            s, c = into.get(k, (0.0, 0.0))
+            into[k] = (s + float(v[0]), c + float(v[1]))
+
+
 def _merge_means(parts: list[tuple[dict[str, float], float]]) -> dict[str, float]:
     """Weighted means from per-rank (sums, weight) pairs."""
     sums: dict[str, float] = {}
@@ -250,7 +262,13 @@ def progress_line(step: int, max_steps: int, terms: dict[str, float], images_per
 
 def validate(model: torch.nn.Module, evaluate, shards: dict[str, Any], batch_size: int, device: torch.device,
              autocast) -> dict[str, float]:
-    """Metrics over every validation shard, sample-weighted means across batches and ranks.
+    """Metrics over every validation shard, combined over batches and ranks.
+
+    An evaluator with ``accumulate``/``finalize`` (:class:`~dcnn_flame.model.evaluation.Evaluator`)
+    gives each metric as a sum over the samples that have it, and confusion counts: each mean
+    divides by its own count, and accuracy and macro-F1 come from the whole set's confusion
+    matrix (a mean of per-batch F1 scores is not the set's F1). A plain callable returning
+    ``{metric: value}`` is weighted by the batch's samples, over the batches that report it.
 
     Returns ``{"<shard>/<metric>": value, "<shard>/samples": n, "<shard>/bad_rows": k}``.
     Runs the unwrapped module (no DDP collectives inside), in eval mode, without gradients.
@@ -260,8 +278,9 @@ def validate(model: torch.nn.Module, evaluate, shards: dict[str, Any], batch_siz
     net.eval()
     out: dict[str, float] = {}
     try:
+        sums_of = getattr(evaluate, "accumulate", None)
         for name, shard in shards.items():
-            sums: dict[str, float] = {}
+            sums: dict = {}
             n = 0
             bad = 0
             with torch.no_grad(), autocast():
@@ -273,12 +292,19 @@ def validate(model: torch.nn.Module, evaluate, shards: dict[str, Any], batch_siz
                     if b == 0:
                         continue
                     batch = to_device(batch, device)
-                    metrics = evaluate(net(batch["images"]), batch)
-                    for k, v in metrics.items():
-                        sums[k] = sums.get(k, 0.0) + _to_float(v) * b
+                    outputs = net(batch["images"])
+                    if sums_of is not None:
+                        _add_sums(sums, sums_of(outputs, batch))
+                    else:
+                        _add_sums(sums, {k: (_to_float(v) * b, float(b)) for k, v in evaluate(outputs, batch).items()})
                     n += b
             parts = _gather((sums, n, bad))
-            merged = _merge_means([(s, w) for s, w, _ in parts])
+            total: dict = {}
+            for s, _, _ in parts:
+                _add_sums(total, s)
+            finalize = getattr(evaluate, "finalize", None)
+            merged = finalize(total) if finalize is not None else {
+                k: s / c for k, (s, c) in total.items() if c > 0}
             out.update({f"{name}/{k}": v for k, v in merged.items()})
             out[f"{name}/samples"] = float(sum(w for _, w, _ in parts))
             out[f"{name}/bad_rows"] = float(sum(x for _, _, x in parts))

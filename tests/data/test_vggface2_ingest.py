@@ -289,3 +289,59 @@ def test_an_image_ingest_into_synthetic_shards_is_refused(tmp_path):
     with pytest.raises(ValueError, match="already holds shards of a different plan"):
         _guard_plan(str(out), "vggface2-plan", {}, None)
     assert json.loads((out / "plan.json").read_text())["fingerprint"] == "synthetic-plan"  # untouched
+
+
+class _FlakyFs:
+    """A filesystem whose reads fail ``fails`` times with ``exc``, then return ``data``."""
+
+    def __init__(self, fails: int, exc: BaseException, data: bytes = b"image"):
+        self.fails, self.exc, self.data, self.calls = fails, exc, data, 0
+
+    def cat_file(self, path, start=None, end=None):
+        self.calls += 1
+        if self.calls <= self.fails:
+            raise self.exc
+        return self.data[start:end]
+
+    def size(self, path):
+        return len(self.data)
+
+
+def test_transient_read_errors_are_retried_before_they_become_a_failure_row(monkeypatch):
+    """A read failure is committed with its shard (a rerun skips the shard), so an object
+    store's timeout must not fail an image at the first try."""
+    from dcnn_flame.data import shard_writer as sw
+
+    monkeypatch.setattr(sw, "READ_BACKOFF_S", 0.0)
+    fs = _FlakyFs(2, TimeoutError("read timed out"))
+    assert sw._read(fs, "b/x.jpg", 5, 100) == b"image" and fs.calls == 3
+    fs = _FlakyFs(5, ConnectionResetError("reset by peer"))
+    with pytest.raises(sw._Failure) as e:
+        sw._read(fs, "b/x.jpg", None, 100)
+    assert e.value.reason == "read_error" and "(3 attempts)" in e.value.detail and fs.calls == 3
+    for permanent, reason in ((PermissionError("denied"), "read_error"), (FileNotFoundError("gone"), "missing")):
+        fs = _FlakyFs(5, permanent)
+        with pytest.raises(sw._Failure) as e:
+            sw._read(fs, "b/x.jpg", None, 100)
+        assert e.value.reason == reason and fs.calls == 1  # no retry
+
+
+def test_unknown_sizes_on_s3_one_ranged_read(s3_bucket):
+    """Manifest inputs (no size): one ranged GET bounded by max_image_bytes; an empty object
+    (which S3 answers a range with 416) is read as empty, for decode/empty."""
+    from dcnn_flame.data.shard_writer import _Failure, _read
+    from dcnn_flame.io import storage
+
+    bucket, options = s3_bucket
+    fs, _ = storage.get_fs(bucket, options)
+    root = bucket.split("://", 1)[1]
+    fs.pipe_file(f"{root}/empty.png", b"")
+    fs.pipe_file(f"{root}/ten.png", b"0123456789")
+    assert _read(fs, f"{root}/empty.png", None, 100) == b""
+    assert _read(fs, f"{root}/ten.png", None, 10) == b"0123456789"
+    with pytest.raises(_Failure) as e:
+        _read(fs, f"{root}/ten.png", None, 9)
+    assert (e.value.stage, e.value.reason) == ("read", "too_large")
+    with pytest.raises(_Failure) as e:
+        _read(fs, f"{root}/nothing.png", None, 9)
+    assert e.value.reason == "missing"

@@ -127,7 +127,7 @@ def test_flame_files_in_a_bucket_are_fetched_once_per_machine(head, s3_bucket, t
                                options)
     monkeypatch.setenv("AWS_ENDPOINT_URL", options.endpoint_url)
     got, basis = load_albedo_npz(f"{bucket}/assets/FLAME_texture.npz")
-    np.testing.assert_allclose(got, mean / 255.0, rtol=1e-6)
+    np.testing.assert_allclose(got, mean[..., ::-1] / 255.0, rtol=1e-6)  # stored BGR, read as RGB
     assert basis.shape == (8, 8, 3, 2)
     with pytest.raises(AlbedoLoadError, match="model.albedo_path 's3://.*/nope.npz' does not exist"):
         load_albedo_npz(f"{bucket}/assets/nope.npz")
@@ -161,3 +161,26 @@ def test_head_demo_with_a_file_without_an_au_map(head, tmp_path, capsys):
     run(dataclasses.replace(cfg, au_map_path=str(tmp_path / "map.npz"), out_dir=str(tmp_path / "out2")))
     au_smile = read_obj(tmp_path / "out2" / "smile_jaw_open.obj")[0]
     assert np.abs(au_smile - smile).max() > 1e-4
+
+
+@pytest.mark.parametrize("layout", ["bfm", "flame_texture"])
+def test_albedo_files_are_read_as_rgb(tmp_path, layout):
+    """FLAME_albedo_from_BFM.npz is written by BFM_to_FLAME's col_to_tex (``img[y, x, ::-1] =
+    rgb``, i.e. BGR) and FLAME_texture.npz is a cv2 (BGR) image; DECA reverses the channels of
+    both. A skin tone and a basis vector that reddens must come out as such."""
+    from dcnn_flame.model.albedo import load_albedo_npz
+
+    side, skin, redden = 4, np.array([0.8, 0.6, 0.5]), np.array([0.1, 0.0, 0.0])
+    mean_img = np.zeros((side, side, 3))
+    basis_img = np.zeros((side, side, 3, 1))
+    for y in range(side):
+        for x in range(side):
+            mean_img[y, x, ::-1] = skin  # as col_to_tex writes it
+            basis_img[y, x, ::-1, 0] = redden
+    if layout == "bfm":
+        np.savez(tmp_path / "a.npz", MU=mean_img.reshape(-1), PC=basis_img.reshape(-1, 1))
+    else:
+        np.savez(tmp_path / "a.npz", mean=mean_img * 255.0, tex_dir=basis_img * 255.0)
+    mean, basis = load_albedo_npz(str(tmp_path / "a.npz"))
+    np.testing.assert_allclose(mean[1, 2], skin, atol=1e-6)
+    np.testing.assert_allclose(basis[1, 2, :, 0], redden, atol=1e-6)

@@ -150,3 +150,42 @@ def test_eye_pose_regulariser_is_the_squared_norm_of_the_eye_rotations_only():
     assert terms["eye_pose_reg"].item() == pytest.approx(0.5 * naive, rel=1e-5)
     terms["total"].backward()
     assert pose.grad[:, :9].abs().max() == 0 and pose.grad[:, 9:].abs().max() > 0
+
+
+def test_validation_metrics_combine_over_batches_as_over_the_whole_set():
+    """Evaluator.accumulate over two halves of a set, added up and finalised, equals the metrics
+    of the whole set: each mean over the samples that have it, accuracy and macro-F1 from the
+    set's confusion counts (a mean of per-batch F1 scores is not the set's F1), SSIM over the
+    rendered face only."""
+    from dcnn_flame import metrics as M
+    from dcnn_flame.training.loop import _add_sums
+
+    torch.manual_seed(0)
+    parts = _task({}, {}).build(torch.device("cpu"))
+    model = parts.model.eval()
+    batch = _batch(B=2, V=4, seed=3)
+    with torch.no_grad():
+        out = model(batch["images"])
+        halves = []
+        for b in (0, 1):
+            sub = {k: v[b:b + 1] for k, v in batch.items()}
+            halves.append(parts.evaluate.accumulate(model(sub["images"]), sub))
+    total: dict = {}
+    for h in halves:
+        _add_sums(total, h)
+    combined = parts.evaluate.finalize(total)
+    whole = parts.evaluate(out, batch)
+    assert set(combined) == set(whole) and {"accuracy", "macro_f1", "ssim", "nonmetric", "aumr"} <= set(whole)
+    for k in whole:
+        assert combined[k] == pytest.approx(whole[k], rel=1e-4, abs=1e-6), k
+    # against references computed on the whole set directly
+    flat = batch["images"].reshape(8, 3, IMG, IMG)
+    labels = batch["expression_class"].reshape(-1)
+    with torch.no_grad():
+        logits = parts.evaluate.expr_net(parts.evaluate._teach(out.image.float())).logits
+    assert whole["macro_f1"] == pytest.approx(float(M.macro_f1(logits, labels)), abs=1e-6)
+    assert whole["accuracy"] == pytest.approx(float(M.accuracy(logits, labels)), abs=1e-6)
+    face = M.ssim(out.image.float(), flat, mask=out.mask)
+    assert whole["ssim"] == pytest.approx(float(face.nanmean()), abs=1e-6)
+    # the composite's SSIM would count the pasted-back background as a perfect match
+    assert float(M.ssim(out.image.float(), flat).mean()) > whole["ssim"]

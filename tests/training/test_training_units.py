@@ -298,3 +298,61 @@ def test_a_best_metric_the_run_does_not_report_stops_it_at_its_first_checkpoint(
                          {"step": 5, "train/total": 1.0, "val/vertex_error_mm": 2.0}, **kw)
     with pytest.raises(ValueError, match="no validation metrics"):
         _save_and_report(LoopSettings(best_metric="val/vertex_error_mm"), {"step": 5, "train/total": 1.0}, **kw)
+
+
+class _Shard:
+    """A validation shard stand-in: yields the given batches (the batch contract, with ``valid``)."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def iter_torch_batches(self, batch_size, collate_fn, drop_last):
+        return iter(self.batches)
+
+
+def _val_batch(x, labels, valid=None):
+    b = len(x)
+    return {"images": torch.tensor(x, dtype=torch.float32).reshape(b, 1, 1), "expression_class": torch.tensor(labels),
+            "valid": torch.ones(b, dtype=torch.bool) if valid is None else torch.tensor(valid)}
+
+
+def test_validation_means_divide_each_metric_by_its_own_samples():
+    """A metric a batch does not report (no labelled view in it) is not diluted by that batch's
+    samples; an evaluator with accumulate/finalize combines sums and confusion counts."""
+    from contextlib import nullcontext
+
+    from dcnn_flame.training.loop import validate
+
+    class Net(torch.nn.Module):
+        def forward(self, images):
+            return images
+
+    def plain(outputs, batch):  # "accuracy" only where a batch has labels (as the Evaluator's was)
+        labelled = batch["expression_class"] >= 0
+        out = {"mean_x": float(outputs.mean())}
+        if labelled.any():
+            out["accuracy"] = float((batch["expression_class"][labelled] == 1).float().mean())
+        return out
+
+    class Summing:
+        def accumulate(self, outputs, batch):
+            labelled = batch["expression_class"] >= 0
+            cm = torch.zeros(2, 2, dtype=torch.int64)
+            for t in batch["expression_class"][labelled].tolist():
+                cm[t, 1] += 1  # always predicts class 1
+            return {"mean_x": (float(outputs.sum()), float(outputs.numel())), "confusion": cm}
+
+        def finalize(self, sums):
+            cm = sums["confusion"]
+            s, n = sums["mean_x"]
+            return {"mean_x": s / n, "accuracy": float(cm.diagonal().sum() / cm.sum())}
+
+    shard = _Shard([_val_batch([1.0, 1.0, 1.0], [1, -1, -1]), _val_batch([3.0, 3.0, 3.0], [-1, -1, -1]),
+                    _val_batch([5.0, 7.0, 0.0], [0, 1, 1], valid=[True, True, False])])
+    for evaluate, accuracy in ((plain, (1.0 * 3 + 0.5 * 2) / 5), (Summing(), 2 / 3)):
+        got = validate(Net(), evaluate, {"val": shard}, 3, torch.device("cpu"), nullcontext)
+        assert got["val/samples"] == 8 and got["val/bad_rows"] == 1
+        assert got["val/mean_x"] == pytest.approx((3 + 9 + 12) / 8)
+        # plain: batch means weighted by the batches that report the metric (dividing by all 8
+        # samples gave 0.5); summed: the 3 labelled views, 2 of them right
+        assert got["val/accuracy"] == pytest.approx(accuracy)
