@@ -88,6 +88,11 @@ def test_commands_parse_and_fit_the_machine(tmp_path, benchmarks, dry):
     assert len(jobs) == (2 if dry else 3)
     tests = [c for c in calls if c[:2] == ["-m", "pytest"]]
     assert len(tests) == 1 and tests[0][tests[0].index("-m", 1) + 1] == "gpu"
+    if not dry:  # every file with a GPU test, and only those (others import what the GPU machine lacks)
+        files = sorted(a for a in tests[0] if a.startswith("tests/"))
+        marked = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")
+                        if "pytest.mark.gpu" in p.read_text())
+        assert files == marked and len(marked) >= 7
     for j in jobs:
         assert j.stages == {"job"} and j.workdir == p.workdir  # portraits and checkpoint made once
     # each job's outputs are deleted before the next job (12,000 characters are ~17 GB)
