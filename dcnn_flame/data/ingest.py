@@ -42,7 +42,7 @@ from dcnn_flame.config import PrepareConfig
 from dcnn_flame.data import landmarks as L
 from dcnn_flame.data.plan import Plan, build_plan
 from dcnn_flame.data.schema import FAILURE_SCHEMA, SCHEMA_VERSION, decode_image
-from dcnn_flame.data.shard_writer import ShardWriter, WorkerSettings, done_uri, shard_uri
+from dcnn_flame.data.shard_writer import ShardWriter, WorkerSettings, shard_uri
 from dcnn_flame.io import storage
 from dcnn_flame.io.storage import StorageOptions
 

@@ -11,8 +11,6 @@ components of FLAME are largely a change of size.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor

@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import pandas as pd
 
-from dcnn_flame.config import StorageConfig, TrainConfig, TuneJobConfig
+from dcnn_flame.config import TrainConfig, TuneJobConfig
 from dcnn_flame.io import storage
 from dcnn_flame.io.storage import StorageOptions
 from dcnn_flame.tuning import report, spaces

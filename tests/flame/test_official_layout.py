@@ -90,8 +90,6 @@ def test_an_official_file_builds_the_model_with_uv_and_landmark_files(head, tmp_
 
 
 def test_flame_files_in_a_bucket_are_fetched_once_per_machine(head, s3_bucket, tmp_path, monkeypatch):
-    import boto3
-
     from dcnn_flame.io import storage
 
     bucket, options = s3_bucket
@@ -116,7 +114,6 @@ def test_flame_files_in_a_bucket_are_fetched_once_per_machine(head, s3_bucket, t
     np.testing.assert_allclose(again.v_template, head.v_template + 0.01, atol=1e-6)
     with pytest.raises(FileNotFoundError, match="flame.landmark_path 's3://.*/missing.npy' does not exist"):
         load_flame_data(FlameConfig(model_path=uri, landmark_path=f"{bucket}/missing.npy"), options)
-    del boto3
     # the albedo model too (credentials and endpoint from the environment, as on a cluster node)
     from dcnn_flame.model.albedo import AlbedoLoadError, load_albedo_npz
 
